@@ -1,0 +1,384 @@
+"""Local backend: faster-whisper (CTranslate2) on NVIDIA CUDA, AMD ROCm or CPU.
+
+One model instance is loaded at startup and shared by every session; CTranslate2 runs up to
+``num_workers`` decodes in parallel when several threads call it. ``faster_whisper`` and
+``ctranslate2`` are imported lazily so ``import backends`` needs neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backends.base import (
+    SAMPLE_RATE,
+    TASKS,
+    BackendInfo,
+    DecodeOptions,
+    DecodeResult,
+    DecoderBackend,
+    Segment,
+    Word,
+)
+from backends.errors import BackendFailure, ConfigurationError, ModelNotFound
+from backends.models import resolve_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from faster_whisper import WhisperModel
+
+logger = logging.getLogger(__name__)
+
+# Whisper's fixed input: 30 s of 10 ms mel frames.
+FULL_FRAMES = 3000
+# Frames of zero-padding below which a short window makes the decoder loop (measured: a
+# 1.5 s phrase padded to 2x its length repeated itself; padded to 10 s it did not).
+MIN_ENCODER_FRAMES = 1000
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclass(frozen=True)
+class LocalBackendOptions:
+    model: str = "tiny.en"
+    device: str = "auto"  # auto | cpu | cuda
+    compute_type: str = "auto"
+    cpu_threads: int = 0  # 0: all cores divided among workers
+    num_workers: int = 2
+    download_root: str | None = None
+    warmup: bool = True
+
+
+def encoder_frames_for(num_samples: int, factor: float = 2.0, minimum: int = MIN_ENCODER_FRAMES) -> int:
+    """Encoder frames to pad a window of ``num_samples`` to: ``factor`` times its length,
+    at least ``minimum``, at most Whisper's 30 s, rounded up to 200 frames (few shapes)."""
+    frames = int(num_samples // 160 * factor)
+    frames = max(minimum, min(FULL_FRAMES, frames))
+    return min(FULL_FRAMES, -(-frames // 200) * 200)
+
+
+def select_device(requested: str) -> str:
+    """``auto`` picks a GPU when CTranslate2 itself sees one (CUDA or ROCm builds), else CPU.
+
+    torch is deliberately not consulted: it may see GPUs a CPU-only CTranslate2 cannot use.
+    """
+    import ctranslate2
+
+    if requested != "auto":
+        if requested == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+            raise ConfigurationError(
+                "device 'cuda' requested but CTranslate2 sees no GPU: install a CUDA (or ROCm)"
+                " build of ctranslate2 and the GPU driver, or use --device cpu",
+                code="device_unavailable",
+            )
+        return requested
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def select_compute_type(device: str, requested: str) -> str:
+    """``auto``: float16 on GPU, int8 on CPU; falls back to what the device supports."""
+    import ctranslate2
+
+    supported = ctranslate2.get_supported_compute_types(device)
+    if requested != "auto":
+        if requested not in supported:
+            raise ConfigurationError(
+                f"compute type '{requested}' is not supported on {device};"
+                f" supported: {', '.join(sorted(supported))}",
+                code="compute_type_unsupported",
+            )
+        return requested
+    for candidate in (("float16", "int8_float16", "float32") if device == "cuda" else ("int8", "float32")):
+        if candidate in supported:
+            return candidate
+    return "default"
+
+
+def describe_device(device: str) -> str:
+    """A human name for the device (GPU model or CPU), best effort and never fatal."""
+    if device == "cuda":
+        for cmd in (
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"],
+            ["rocm-smi", "--showproductname", "--csv"],
+        ):
+            if shutil.which(cmd[0]):
+                try:
+                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+                except (OSError, subprocess.SubprocessError):
+                    continue
+                lines = [line.strip() for line in out.splitlines() if line.strip()]
+                if lines:
+                    return lines[-1].split(",")[-1].strip() or "GPU"
+        return "GPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU ({line.split(':', 1)[1].strip()}, {os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+class LocalBackend(DecoderBackend):
+    """faster-whisper, loaded once and shared; decodes are thread-safe."""
+
+    name = "local"
+
+    def __init__(self, options: LocalBackendOptions) -> None:
+        self.options = options
+        self._model: WhisperModel | None = None
+        self._model_label = options.model
+        self._device = "cpu"
+        self._device_name: str | None = None
+        self._compute_type: str | None = None
+        self._languages: tuple[str, ...] = ()
+        self._multilingual = False
+        self._ready = threading.Event()
+        self._failure: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Resolve, load and warm up the model. Raises :class:`ConfigurationError`."""
+        from faster_whisper import WhisperModel
+
+        started = time.monotonic()
+        resolved = resolve_model(self.options.model, self.options.download_root)
+        self._model_label = resolved.label
+        self._device = select_device(self.options.device)
+        self._compute_type = select_compute_type(self._device, self.options.compute_type)
+        workers = max(1, self.options.num_workers)
+        threads = self.options.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
+        try:
+            self._model = WhisperModel(
+                resolved.path,
+                device=self._device,
+                compute_type=self._compute_type,
+                cpu_threads=threads,
+                num_workers=workers,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ConfigurationError(
+                f"could not load model '{resolved.label}' from {resolved.path} on"
+                f" {self._device}/{self._compute_type}: {exc}",
+                code="model_load_failed",
+            ) from exc
+        self._multilingual = bool(self._model.model.is_multilingual)
+        self._languages = tuple(self._model.supported_languages)
+        self._device_name = describe_device(self._device)
+        if self.options.warmup:
+            self._warm_up()
+        self._ready.set()
+        logger.info(
+            "model %s loaded on %s (%s, %s, %d worker(s) x %d thread(s)) in %.1f s",
+            self._model_label,
+            self._device,
+            self._device_name,
+            self._compute_type,
+            workers,
+            threads,
+            time.monotonic() - started,
+        )
+
+    def _warm_up(self) -> None:
+        # The first CTranslate2 call per shape allocates and JIT-selects kernels; pay it now
+        # rather than in the first user's first partial.
+        rng = np.random.default_rng(0)
+        noise = (rng.standard_normal(SAMPLE_RATE * 2) * 0.01).astype(np.float32)
+        language = None if self._multilingual else "en"
+        self.decode(noise, DecodeOptions(language=language, encoder_frames=MIN_ENCODER_FRAMES))
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def model(self) -> WhisperModel:
+        if self._model is None:
+            raise BackendFailure("the local model is not loaded", code="backend_unavailable")
+        return self._model
+
+    def info(self) -> BackendInfo:
+        if self._model is None:
+            return BackendInfo(name=self.name, available=False, reason="model not loaded", model=self._model_label)
+        return BackendInfo(
+            name=self.name,
+            available=True,
+            model=self._model_label,
+            device=self._device,
+            device_name=self._device_name,
+            compute_type=self._compute_type,
+            multilingual=self._multilingual,
+            languages=self._languages,
+            tasks=TASKS if self._multilingual else ("transcribe",),
+        )
+
+    def close(self) -> None:
+        self._model = None
+        self._ready.clear()
+
+    # --- decoding ----------------------------------------------------------------------
+
+    def decode(self, audio: np.ndarray, options: DecodeOptions) -> DecodeResult:
+        """Decode one window (<= 30 s) with word timestamps, without temperature fallback.
+
+        Streaming calls this every step, so it avoids faster-whisper's ``transcribe`` loop:
+        the encoder input is padded to ``options.encoder_frames`` instead of 30 s, and the
+        quality gates (no-speech, log-prob, compression) are left to the caller.
+        """
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_compression_ratio
+
+        model = self.model
+        try:
+            features = model.feature_extractor(audio)
+            content_frames = min(features.shape[-1] - 1, FULL_FRAMES)
+            target = FULL_FRAMES if options.encoder_frames is None else options.encoder_frames
+            target = max(content_frames, min(FULL_FRAMES, target))
+            padded = np.zeros((features.shape[0], target), dtype=np.float32)
+            padded[:, :content_frames] = features[:, :content_frames]
+            encoder_output = model.encode(padded)
+
+            language, language_probability = options.language, 1.0
+            if not self._multilingual:
+                language = "en"
+            elif language is None:
+                (ranked,) = model.model.detect_language(encoder_output)
+                token, language_probability = ranked[0]
+                language = token[2:-2]
+
+            tokenizer = Tokenizer(model.hf_tokenizer, self._multilingual, task=options.task, language=language)
+            previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
+            # Keep the prompt to the last 200 tokens: Whisper's context is 448 tokens and
+            # the most recent text is what helps.
+            prompt = model.get_prompt(tokenizer, previous[-200:], without_timestamps=False)
+            transcription_options = self._transcription_options(tokenizer, options)
+            result, avg_logprob, _temperature, compression_ratio = model.generate_with_fallback(
+                encoder_output, prompt, tokenizer, transcription_options
+            )
+            tokens = result.sequences_ids[0]
+            duration = content_frames * model.feature_extractor.time_per_frame
+            raw_segments, _, _ = model._split_segments_by_timestamps(
+                tokenizer, tokens, 0.0, content_frames, duration, 0
+            )
+            raw_segments = [s for s in raw_segments if any(t < tokenizer.eot for t in s["tokens"])]
+            if options.word_timestamps and raw_segments:
+                model.add_word_timestamps(
+                    [raw_segments],
+                    tokenizer,
+                    encoder_output,
+                    content_frames,
+                    PREPEND_PUNCTUATIONS,
+                    APPEND_PUNCTUATIONS,
+                    0.0,
+                )
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise BackendFailure(f"decoding failed: {exc}") from exc
+
+        segments = []
+        for raw in raw_segments:
+            text = tokenizer.decode([t for t in raw["tokens"] if t < tokenizer.eot])
+            words = tuple(
+                Word(text=w["word"], start=float(w["start"]), end=float(w["end"]), probability=float(w["probability"]))
+                for w in raw.get("words", ())
+            )
+            segments.append(
+                Segment(
+                    text=text,
+                    start=float(raw["start"]),
+                    end=float(raw["end"]),
+                    words=words,
+                    avg_logprob=float(avg_logprob),
+                    no_speech_prob=float(result.no_speech_prob),
+                    compression_ratio=float(get_compression_ratio(text)) if text else compression_ratio,
+                )
+            )
+        return DecodeResult(
+            segments=tuple(segments),
+            language=language or "en",
+            language_probability=float(language_probability),
+            duration=float(len(audio) / SAMPLE_RATE),
+        )
+
+    def _transcription_options(self, tokenizer: Any, options: DecodeOptions) -> Any:
+        from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
+
+        return TranscriptionOptions(
+            beam_size=options.beam_size,
+            best_of=1,
+            patience=1.0,
+            length_penalty=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            log_prob_threshold=None,
+            no_speech_threshold=None,
+            compression_ratio_threshold=None,
+            condition_on_previous_text=True,
+            prompt_reset_on_temperature=0.5,
+            temperatures=[0.0],
+            initial_prompt=None,
+            prefix=None,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            without_timestamps=False,
+            max_initial_timestamp=1.0,
+            word_timestamps=options.word_timestamps,
+            prepend_punctuations=PREPEND_PUNCTUATIONS,
+            append_punctuations=APPEND_PUNCTUATIONS,
+            multilingual=False,
+            max_new_tokens=None,
+            clip_timestamps="0",
+            hallucination_silence_threshold=None,
+            hotwords=None,
+        )
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> DecodeResult:
+        """Offline transcription of any length with faster-whisper's own loop and VAD."""
+        model = self.model
+        language = options.language if self._multilingual else "en"
+        try:
+            raw_segments, info = model.transcribe(
+                audio,
+                language=language,
+                task=options.task,
+                beam_size=options.beam_size,
+                word_timestamps=options.word_timestamps,
+                vad_filter=True,
+                condition_on_previous_text=False,
+                initial_prompt=options.prompt,
+            )
+            segments = tuple(
+                Segment(
+                    text=s.text,
+                    start=float(s.start),
+                    end=float(s.end),
+                    words=tuple(
+                        Word(text=w.word, start=float(w.start), end=float(w.end), probability=float(w.probability))
+                        for w in (s.words or ())
+                    ),
+                    avg_logprob=float(s.avg_logprob),
+                    no_speech_prob=float(s.no_speech_prob),
+                    compression_ratio=float(s.compression_ratio),
+                )
+                for s in raw_segments
+            )
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise BackendFailure(f"transcription failed: {exc}") from exc
+        return DecodeResult(
+            segments=segments,
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=float(info.duration),
+        )
+
+
+__all__ = ["LocalBackend", "LocalBackendOptions", "ModelNotFound", "encoder_frames_for"]
