@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation helpers (WER normalisation, streaming benchmark)."""
