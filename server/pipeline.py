@@ -1,0 +1,293 @@
+"""The streaming pipeline for window-decoding backends (local Whisper).
+
+Audio flows through an incremental VAD. While someone speaks, the current utterance's window is
+decoded every ``step`` seconds of new audio; words two consecutive decodes agree on are committed
+(:class:`~server.agreement.LocalAgreement`) and emitted as finals, the rest is the partial. When
+the VAD sees the utterance end, its window is decoded once more and everything is committed at
+once. Windows are trimmed at committed boundaries so they never exceed ``max_window``; silence
+between utterances is dropped, so memory stays bounded however long a session runs.
+
+The pipeline knows nothing of sockets or threads: ``feed(audio) -> events``, ``flush() -> events``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backends.base import (
+    SAMPLE_RATE,
+    DecodeOptions,
+    DecodeResult,
+    DecoderBackend,
+    Event,
+    Final,
+    LanguageDetected,
+    Partial,
+    SpeechActivity,
+    Stream,
+    StreamOptions,
+    Word,
+)
+from backends.local import encoder_frames_for
+from server.agreement import LocalAgreement, drop_repetitions
+from server.vad import VadOptions, VoiceActivityDetector
+
+logger = logging.getLogger(__name__)
+
+SENTENCE_END = (".", "?", "!", "。", "？", "！")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    step: float = 1.0  # seconds of new audio between decodes of an utterance
+    first_step: float = 0.3  # seconds of speech before an utterance's first decode
+    max_window: float = 15.0  # hard cap on the decoded window (seconds)
+    sentence_trim: float = 8.0  # past this, trim the window at a committed sentence end
+    vad: VadOptions = field(default_factory=VadOptions)
+    # Encoder context for streaming decodes: the window padded to ``encoder_factor`` x its
+    # length, at least ``min_encoder_frames`` (10 ms frames). None/0 factor: Whisper's 30 s.
+    encoder_factor: float = 2.0
+    min_encoder_frames: int = 1000
+    final_full_context: bool = False  # decode the end of each utterance with the full 30 s
+    prompt_words: int = 32  # committed words before the window given as the prompt
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+    language_threshold: float = 0.5  # detection probability that locks an "auto" language
+    beam_size: int = 1
+
+
+def _text(words: list[Word]) -> str:
+    return "".join(w.text for w in words).strip()
+
+
+class StreamingPipeline(Stream):
+    """One session's local transcription stream (times: seconds since the first sample)."""
+
+    def __init__(
+        self, decoder: DecoderBackend, options: StreamOptions, pipeline: PipelineOptions | None = None
+    ) -> None:
+        self._decoder = decoder
+        self._options = options
+        self._p = pipeline or PipelineOptions()
+        info = decoder.info()
+        self._language: str | None = options.language if info.multilingual else "en"
+        self._language_locked = self._language is not None
+        self._vad = VoiceActivityDetector(self._p.vad)
+        self._pad = int(self._p.vad.speech_pad * SAMPLE_RATE)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # stream sample of self._buffer[0]
+        self._total = 0  # samples fed so far
+        self._window_start: int | None = None  # None while nobody speaks
+        self._speech_start = 0
+        self._next_decode = 0  # stream sample at which the next step decode is due
+        self._agreement = LocalAgreement()
+        self._history: deque[Word] = deque(maxlen=max(1, self._p.prompt_words))
+        self._partial = ""
+        self._committed_until = 0.0
+        self._last_words: list[Word] = []  # the latest step hypothesis (filtered)
+        self._last_decoded = 0  # stream sample where that hypothesis' audio ended
+        self._last_silent = False  # whether it was dropped as no-speech
+        self.decodes = 0  # decode calls so far (tests and benchmarks read it)
+
+    # --- Stream ------------------------------------------------------------------------
+
+    def feed(self, audio: np.ndarray) -> list[Event]:
+        events: list[Event] = []
+        self._buffer = np.concatenate([self._buffer, audio]) if self._buffer.size else audio.copy()
+        self._total += len(audio)
+        for vad_event in self._vad.process(audio):
+            if vad_event.kind == "start":
+                if self._window_start is None:
+                    self._begin(vad_event.sample)
+            else:
+                events += self._finish(min(self._total, vad_event.sample + self._pad), speech_end=vad_event.sample)
+        if self._window_start is not None and self._total >= self._next_decode:
+            events += self._step()
+        if self._window_start is None:
+            self._drop_before(self._total - self._pad)
+        return events
+
+    def flush(self) -> list[Event]:
+        if self._window_start is None:
+            return []
+        return self._finish(self._total)
+
+    @property
+    def committed_until(self) -> float:
+        return self._committed_until
+
+    # --- utterances --------------------------------------------------------------------
+
+    def _begin(self, sample: int) -> None:
+        self._window_start = max(self._buffer_start, sample - self._pad)
+        self._speech_start = sample
+        self._next_decode = sample + int(self._p.first_step * SAMPLE_RATE)
+
+    def _step(self) -> list[Event]:
+        assert self._window_start is not None
+        words, silent, events = self._decode(self._window_start, self._total, final=False)
+        self._last_words, self._last_decoded, self._last_silent = words, self._total, silent
+        committed = self._agreement.insert(words)
+        events += self._emit(committed)
+        events += self._trim()
+        self._next_decode = self._total + int(self._p.step * SAMPLE_RATE)
+        return events
+
+    def _finish(self, end: int, speech_end: int | None = None) -> list[Event]:
+        """End of an utterance at stream sample ``end``: decode its tail once, commit it all.
+
+        When the latest step decode already reached past the end of speech (VAD reports the
+        end only after ``min_silence``), its hypothesis is the tail: commit it without decoding.
+        """
+        if self._window_start is None:
+            return []
+        events: list[Event] = []
+        covered = speech_end is not None and self._last_decoded >= speech_end + int(0.1 * SAMPLE_RATE)
+        if covered and not self._last_silent:
+            events += self._emit(self._agreement.commit_all(self._last_words))
+        elif end > self._window_start:
+            words, silent, events = self._decode(self._window_start, end, final=True)
+            if silent and not self._p.final_full_context:
+                # A short window padded to a few seconds reads as "no speech" more often than
+                # the same audio in Whisper's full 30 s context: check before dropping words.
+                words, _, more = self._decode(self._window_start, end, final=True, full_context=True)
+                events += more
+            events += self._emit(self._agreement.commit_all(words))
+        else:
+            self._agreement.reset_pending()
+        if self._partial:
+            self._partial = ""
+            events.append(Partial(text="", start=end / SAMPLE_RATE, end=end / SAMPLE_RATE))
+        events.append(SpeechActivity(start=self._speech_start / SAMPLE_RATE, end=end / SAMPLE_RATE))
+        if not self._language_locked and self._language is not None:
+            self._lock_language(self._language, 0.0, events)
+        self._committed_until = end / SAMPLE_RATE
+        self._window_start = None
+        self._last_words, self._last_decoded, self._last_silent = [], 0, False
+        self._drop_before(max(end, self._total - self._pad))
+        return events
+
+    # --- decoding ----------------------------------------------------------------------
+
+    def _decode(
+        self, start: int, end: int, *, final: bool, full_context: bool = False
+    ) -> tuple[list[Word], bool, list[Event]]:
+        """Decode stream samples [start, end): (filtered words, dropped-as-silence, events)."""
+        audio = self._buffer[start - self._buffer_start : end - self._buffer_start]
+        if full_context or (final and self._p.final_full_context):
+            frames = None
+        elif self._p.encoder_factor:
+            frames = encoder_frames_for(len(audio), self._p.encoder_factor, self._p.min_encoder_frames)
+        else:
+            frames = None
+        offset = start / SAMPLE_RATE
+        prompt = _text([w for w in self._history if w.end <= offset + 0.01]) or None
+        result = self._decoder.decode(
+            audio,
+            DecodeOptions(
+                language=self._language if self._language_locked else None,
+                task=self._options.task,
+                prompt=prompt,
+                beam_size=self._p.beam_size,
+                encoder_frames=frames,
+            ),
+        )
+        self.decodes += 1
+        events: list[Event] = []
+        if not self._language_locked:
+            self._detect_language(result, events)
+        words, silent = self._words(result, offset, len(audio) / SAMPLE_RATE)
+        return words, silent, events
+
+    def _words(self, result: DecodeResult, offset: float, duration: float) -> tuple[list[Word], bool]:
+        """Timed words of a decode in stream time, hallucinations removed; and whether a
+        segment was dropped as no-speech."""
+        p = self._p
+        words: list[Word] = []
+        silent = False
+        for segment in result.segments:
+            if segment.compression_ratio > p.compression_ratio_threshold:
+                logger.debug("dropped a repetitive segment: %r", segment.text)
+                continue
+            if segment.no_speech_prob > p.no_speech_threshold and segment.avg_logprob < p.log_prob_threshold:
+                logger.debug("dropped a no-speech segment: %r", segment.text)
+                silent = True
+                continue
+            for w in segment.words:
+                # Words timed in the zero padding after the audio are invented.
+                if w.start >= duration - 0.02 or not w.text.strip():
+                    continue
+                words.append(
+                    Word(
+                        text=w.text,
+                        start=offset + w.start,
+                        end=offset + min(w.end, duration),
+                        probability=w.probability,
+                    )
+                )
+        return drop_repetitions(words), silent
+
+    def _detect_language(self, result: DecodeResult, events: list[Event]) -> None:
+        self._language = result.language
+        if result.language_probability >= self._p.language_threshold:
+            self._lock_language(result.language, result.language_probability, events)
+
+    def _lock_language(self, language: str, probability: float, events: list[Event]) -> None:
+        self._language = language
+        self._language_locked = True
+        events.append(LanguageDetected(language=language, probability=probability))
+
+    # --- commits and the window ----------------------------------------------------------
+
+    def _emit(self, committed: list[Word]) -> list[Event]:
+        events: list[Event] = []
+        if committed:
+            self._history.extend(committed)
+            self._committed_until = committed[-1].end
+            events.append(
+                Final(text=_text(committed), start=committed[0].start, end=committed[-1].end, words=tuple(committed))
+            )
+        pending = self._agreement.pending
+        text = _text(pending)
+        if text != self._partial:
+            self._partial = text
+            if pending:
+                events.append(Partial(text=text, start=pending[0].start, end=pending[-1].end))
+            else:
+                now = self._committed_until
+                events.append(Partial(text="", start=now, end=now))
+        return events
+
+    def _trim(self) -> list[Event]:
+        """Keep the window short: cut it at a committed sentence end, or at the cap."""
+        assert self._window_start is not None
+        start_time = self._window_start / SAMPLE_RATE
+        length = (self._total - self._window_start) / SAMPLE_RATE
+        events: list[Event] = []
+        cut: float | None = None
+        if length > self._p.sentence_trim:
+            ends = [w.end for w in self._history if w.end > start_time + 1.0 and w.text.rstrip().endswith(SENTENCE_END)]
+            cut = ends[-1] if ends else None
+        if length > self._p.max_window and cut is None:
+            if self._agreement.committed_end > start_time + 1.0:
+                cut = self._agreement.committed_end
+            else:
+                # Nothing agreed in a whole window: commit what is older than 2 s rather
+                # than decode an ever longer window.
+                forced = self._agreement.commit_before(self._total / SAMPLE_RATE - 2.0)
+                events += self._emit(forced)
+                cut = forced[-1].end if forced else self._total / SAMPLE_RATE - self._p.max_window / 2
+        if cut is not None:
+            self._window_start = max(self._window_start, min(self._total, int(cut * SAMPLE_RATE)))
+            self._drop_before(self._window_start)
+        return events
+
+    def _drop_before(self, sample: int) -> None:
+        if sample > self._buffer_start:
+            self._buffer = self._buffer[sample - self._buffer_start :]
+            self._buffer_start = sample
