@@ -380,8 +380,9 @@ def stream_session(
     def on_error(payload: dict) -> None:
         record.errors.append((rel(), payload))
         logger.warning("%s: server error %s", stream.stream_id, payload)
+        if not ready.is_set():
+            ready.set()  # the start was refused: fail now rather than after ready_timeout
         if payload.get("fatal"):
-            ready.set()
             stopped.set()
 
     def on_stopped(payload: dict) -> None:

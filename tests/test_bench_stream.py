@@ -208,6 +208,10 @@ class FakeServer:
         self.http.shutdown()
 
     def on_start(self, sid: str, payload: dict) -> None:
+        if payload.get("language") not in ("en", "auto"):
+            error = {"code": "unsupported_language", "message": "tiny.en is English-only", "fatal": False}
+            self.sio.emit("error", error, to=sid)
+            return
         self.sessions[sid] = {"samples": 0, "partials": set(), "finals": set(), "segment": 0}
         self.sio.emit("ready", {"session_id": sid, "backend": "local", "model": "fake"}, to=sid)
 
@@ -306,3 +310,12 @@ def test_server_is_up_falls_back_to_socketio_when_there_is_no_health() -> None:
     with FakeServer() as server:
         assert sb.server_is_up(server.url)  # the fake has no /health: 404, then a Socket.IO connect
     assert not sb.server_is_up(f"http://127.0.0.1:{sb.free_port()}")
+
+
+def test_refused_start_fails_fast(tmp_path: Path) -> None:
+    stream = sb.load_stream(make_stream(tmp_path))
+    with FakeServer() as server:
+        started = time.monotonic()
+        records, _, failures = sb.run_configuration(server.url, [stream], 1, language="fr", ready_timeout=30)
+    assert records == [] and len(failures) == 1 and "unsupported_language" in failures[0]
+    assert time.monotonic() - started < 10
