@@ -526,15 +526,18 @@ def free_port() -> int:
 
 
 def server_is_up(url: str) -> bool:
-    """GET /health answers 200, or (before the server has /health) a Socket.IO connect works."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=2) as response:
-            if response.status == 200:
-                return True
-    except urllib.error.HTTPError:
-        pass  # the server answers but has no /health yet: try Socket.IO
-    except (urllib.error.URLError, OSError):
-        return False
+    """The server is ready to stream: ``GET /ready`` answers 200 (503 while the model loads);
+    without /ready, ``GET /health`` 200; without either, a Socket.IO connect works."""
+    for path in ("/ready", "/health"):
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                return False  # e.g. 503: up, but the model is still loading
+        except (urllib.error.URLError, OSError):
+            return False
     import socketio
 
     sio = socketio.Client(reconnection=False)
