@@ -25,8 +25,8 @@ from backends.base import (
     TASKS,
     BackendInfo,
     DecodeOptions,
-    DecodeResult,
     DecoderBackend,
+    DecodeResult,
     Segment,
     Word,
 )

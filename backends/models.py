@@ -121,7 +121,7 @@ def _from_hub(name: str, download_root: str | None) -> ResolvedModel:
     try:
         logger.info("downloading model %s from the Hugging Face hub", name)
         return ResolvedModel(download_model(name, cache_dir=download_root), name, "hub")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelNotFound(
             f"model '{name}' is not in the local cache and could not be downloaded ({type(exc).__name__});"
             " run once with network access, copy a CTranslate2 model folder here and pass"

@@ -21,8 +21,8 @@ import numpy as np
 from backends.base import (
     SAMPLE_RATE,
     DecodeOptions,
-    DecodeResult,
     DecoderBackend,
+    DecodeResult,
     Event,
     Final,
     LanguageDetected,

@@ -1,0 +1,62 @@
+"""``python -m server``: parse the configuration, load the model, serve."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from server.config import Config
+
+    config = Config.from_args(argv)
+    # Monkey patching must happen before anything imports socket/threading users.
+    if config.async_mode == "gevent":
+        from gevent import monkey
+
+        monkey.patch_all()
+    elif config.async_mode == "eventlet":
+        import eventlet
+
+        # thread=False: native threads stay native, so eventlet.tpool can run the model
+        # (with threads patched, faster-whisper in tpool deadlocked under load).
+        eventlet.monkey_patch(thread=False)
+
+    import logging
+
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logger = logging.getLogger("server")
+
+    from backends.errors import ConfigurationError
+    from server.app import create_app, get_context
+
+    try:
+        app = create_app(config)
+    except ConfigurationError as exc:
+        logger.error("cannot start: %s", exc.message)
+        return 2
+    context = get_context(app)
+    local = context.backends["local"].info()
+    logger.info(
+        "listening on http://%s:%d (async mode %s; model %s on %s, %s, %s)",
+        config.host,
+        config.port,
+        config.async_mode,
+        local.model,
+        local.device,
+        local.device_name,
+        local.compute_type,
+    )
+    try:
+        context.socketio.run(app, host=config.host, port=config.port, log_output=False, allow_unsafe_werkzeug=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        context.sessions.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

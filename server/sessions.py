@@ -1,0 +1,421 @@
+"""Transcription sessions: one per ``start``, each with an ordered worker.
+
+The Socket.IO handlers only validate, decode and enqueue audio (fast). Each session's worker
+(a background task of the async mode) drains its queue and runs the blocking ``Stream.feed``
+on a native thread via :class:`~server.runtime.Runtime`, then emits the resulting events to the
+session's room. Nothing accepted is dropped: a failure is either recovered (cloud -> local
+failover, re-feeding the audio the cloud had not finalised) or reported as an ``error`` that
+names the span of audio it affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from backends.base import (
+    SAMPLE_RATE,
+    Backend,
+    DecoderBackend,
+    Event,
+    Final,
+    LanguageDetected,
+    Partial,
+    SpeechActivity,
+    Stream,
+    StreamingBackend,
+    StreamOptions,
+)
+from backends.errors import (
+    BackendUnavailable,
+    InvalidRequest,
+    TranscriptionError,
+)
+from backends.registry import backend_class
+from server.audio import AudioFormat, Resampler, decode_pcm
+from server.config import Config
+from server.pipeline import StreamingPipeline
+from server.protocol import final_payload, language_payload, parse_start, partial_payload
+from server.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+# Audio a cloud stream has not finalised is kept for failover, up to this much.
+MAX_RETAINED_SECONDS = 300.0
+
+Emit = Callable[[str, dict, str], None]  # (event, payload, to: room or sid)
+
+
+@dataclass
+class Session:
+    id: str
+    owner: str  # Socket.IO sid of the connection that sends the audio
+    room: str
+    backend: str
+    options: StreamOptions
+    audio_format: AudioFormat
+    stream: Stream
+    resampler: Resampler
+    queue: Any
+    started_at: float = field(default_factory=time.time)
+    state: str = "running"  # running -> stopping -> stopped
+    accepted: int = 0  # samples (16 kHz) accepted into the queue
+    processed: int = 0  # samples handed to the stream
+    offset: float = 0.0  # session seconds where the current stream's time 0 lies
+    next_segment: int = 0
+    last_final_start: float = 0.0
+    language: str | None = None
+    finals: list[str] = field(default_factory=list)
+    speech: list[tuple[float, float]] = field(default_factory=list)
+    # failover buffer: session audio from ``retained_from`` (samples) on
+    retained: list[np.ndarray] = field(default_factory=list)
+    retained_from: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def duration(self) -> float:
+        return self.accepted / SAMPLE_RATE
+
+    @property
+    def transcript(self) -> str:
+        return " ".join(t for t in self.finals if t)
+
+
+class SessionManager:
+    """Owns every session of one server."""
+
+    def __init__(self, config: Config, backends: Mapping[str, Backend], runtime: Runtime, emit: Emit) -> None:
+        self.config = config
+        self.backends = dict(backends)
+        self.runtime = runtime
+        self.emit = emit
+        self._sessions: dict[str, Session] = {}
+        self._by_owner: dict[str, Session] = {}
+        self.listeners: list[Callable[[str, Session, Any], None]] = []  # metrics, analysis hooks
+
+    # --- queries -----------------------------------------------------------------------
+
+    def active(self) -> list[Session]:
+        return [s for s in self._sessions.values() if s.state != "stopped"]
+
+    def session_of(self, sid: str) -> Session | None:
+        return self._by_owner.get(sid)
+
+    def in_room(self, room: str) -> list[Session]:
+        return [s for s in self.active() if s.room == room]
+
+    def backend_infos(self) -> dict[str, dict]:
+        from backends.registry import backend_names
+
+        infos = {}
+        for name in backend_names():
+            backend = self.backends.get(name)
+            if backend is None:
+                infos[name] = {"name": name, "available": False, "reason": "not configured on this server"}
+            else:
+                infos[name] = backend.info().to_payload()
+        return infos
+
+    # --- client requests (called from Socket.IO handlers: must not block) -----------------
+
+    def start(self, sid: str, data: object) -> Session:
+        """Validate a ``start``, open the stream, launch the worker; raises TranscriptionError."""
+        current = self._by_owner.get(sid)
+        if current is not None and current.state == "running":
+            raise InvalidRequest(
+                f"session {current.id} is already running on this connection; send stop first",
+                code="already_started",
+            )
+        request = parse_start(data, "local", self.config.language)
+        backend = self._backend(request.backend)
+        info = backend.info()
+        if request.model and request.model not in (info.model, self.config.local.model):
+            raise InvalidRequest(
+                f"model '{request.model}' is not loaded; this server runs '{info.model}'"
+                " (start the server with --model to change it)",
+                code="unsupported_model",
+            )
+        options = StreamOptions(language=request.language, task=request.task)
+        backend.validate(options)
+        if len(self.active()) >= self.config.max_sessions:
+            raise TranscriptionError(
+                f"the server is running its maximum of {self.config.max_sessions} sessions; try again later",
+                code="server_busy",
+            )
+        # Opening may block (a cloud handshake): do it on a native thread.
+        stream = self.runtime.run_blocking(self._open_stream, backend, options)
+        session_id = uuid.uuid4().hex
+        session = Session(
+            id=session_id,
+            owner=sid,
+            room=request.room or session_id,
+            backend=backend.name,
+            options=options,
+            audio_format=request.audio,
+            stream=stream,
+            resampler=Resampler(request.audio.sample_rate),
+            queue=self.runtime.queue(),
+            language=request.language or (None if info.multilingual else "en"),
+        )
+        self._sessions[session_id] = session
+        self._by_owner[sid] = session
+        self._notify("started", session, None)
+        self.runtime.spawn(self._worker, session)
+        logger.info(
+            "session %s started: backend=%s language=%s room=%s rate=%d",
+            session_id,
+            backend.name,
+            request.language or "auto",
+            session.room,
+            request.audio.sample_rate,
+        )
+        return session
+
+    def audio(self, sid: str, payload: object) -> None:
+        """Accept one ``audio`` payload or raise; accepted audio is always transcribed or reported."""
+        session = self._running(sid)
+        size = len(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else 0
+        if size > self.config.max_payload_bytes:
+            raise InvalidRequest(
+                f"audio payload of {size} bytes exceeds the limit of {self.config.max_payload_bytes}; send"
+                " smaller chunks (about 100 ms each)",
+                code="payload_too_large",
+            )
+        samples = session.resampler(decode_pcm(payload, session.audio_format.encoding))
+        backlog = (session.accepted - session.processed) / SAMPLE_RATE
+        if backlog > self.config.max_backlog:
+            raise TranscriptionError(
+                f"the server is {backlog:.0f} s behind on this session; this payload was refused",
+                code="overloaded",
+            )
+        if samples.size:
+            session.accepted += len(samples)
+            session.queue.put(samples)
+
+    def stop(self, sid: str) -> Session:
+        session = self._running(sid)
+        self._stop(session)
+        return session
+
+    def disconnect(self, sid: str) -> None:
+        """The owner left: finish its session anyway so watchers get every final."""
+        session = self._by_owner.pop(sid, None)
+        if session is not None and session.state == "running":
+            logger.info("session %s: owner disconnected, finishing", session.id)
+            self._stop(session)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop every session and wait for their last finals (server shutdown)."""
+        for session in self.active():
+            if session.state == "running":
+                self._stop(session)
+        deadline = time.monotonic() + timeout
+        for session in list(self._sessions.values()):
+            while not session.done.is_set() and time.monotonic() < deadline:
+                self.runtime.sleep(0.05)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _backend(self, name: str) -> Backend:
+        backend_class(name)  # raises unknown_backend for names the registry does not know
+        backend = self.backends.get(name)
+        if backend is None:
+            raise BackendUnavailable(f"backend '{name}' is not configured on this server")
+        return backend
+
+    def _running(self, sid: str) -> Session:
+        session = self._by_owner.get(sid)
+        if session is None or session.state != "running":
+            raise InvalidRequest("no session is running on this connection; send start first", code="not_started")
+        return session
+
+    def _open_stream(self, backend: Backend, options: StreamOptions) -> Stream:
+        if isinstance(backend, DecoderBackend):
+            return StreamingPipeline(backend, options, self.config.pipeline)
+        if isinstance(backend, StreamingBackend):
+            return backend.open_stream(options)
+        raise BackendUnavailable(f"backend '{backend.name}' cannot stream")
+
+    def _stop(self, session: Session) -> None:
+        session.state = "stopping"
+        tail = session.resampler.flush()
+        if tail.size:
+            session.accepted += len(tail)
+            session.queue.put(tail)
+        session.queue.put(_STOP)
+
+    def _worker(self, session: Session) -> None:
+        """Drain the queue in order; batch whatever piled up while the last decode ran."""
+        try:
+            while True:
+                items = [session.queue.get()]
+                while True:
+                    try:
+                        items.append(session.queue.get_nowait())
+                    except self.runtime.queue_empty:
+                        break
+                chunks = [item for item in items if item is not _STOP]
+                if chunks:
+                    self._feed(session, np.concatenate(chunks))
+                if any(item is _STOP for item in items):
+                    break
+            self._flush(session)
+        except Exception:
+            logger.exception("session %s: worker failed", session.id)
+            self._error(
+                session,
+                TranscriptionError(
+                    f"internal error while transcribing; audio after {session.processed / SAMPLE_RATE:.2f} s"
+                    " was not transcribed and the session ended (see the server log)",
+                    fatal=True,
+                ),
+            )
+        finally:
+            self._close(session)
+
+    def _feed(self, session: Session, audio: np.ndarray) -> None:
+        start = session.processed
+        if not isinstance(self.backends.get(session.backend), DecoderBackend):
+            session.retained.append(audio)
+        try:
+            events = self.runtime.run_blocking(session.stream.feed, audio)
+        except TranscriptionError as exc:
+            events = self._recover(session, exc, start, start + len(audio))
+        session.processed += len(audio)
+        self._dispatch(session, events)
+        self._release_retained(session)
+
+    def _flush(self, session: Session) -> None:
+        try:
+            events = self.runtime.run_blocking(session.stream.flush)
+        except TranscriptionError as exc:
+            events = self._recover(session, exc, session.processed, session.processed)
+            if session.backend == "local":
+                events += self.runtime.run_blocking(session.stream.flush)
+        self._dispatch(session, events)
+
+    def _recover(self, session: Session, exc: TranscriptionError, start: int, end: int) -> list[Event]:
+        """Fail over to the local backend, or report the audio span the failure cost."""
+        local = self.backends.get("local")
+        can_fail_over = (
+            session.backend != "local"
+            and self.config.cloud.failover
+            and local is not None
+            and local.info().available
+        )
+        if not can_fail_over:
+            committed = session.offset + session.stream.committed_until
+            lost_from = min(committed, start / SAMPLE_RATE) if session.backend != "local" else start / SAMPLE_RATE
+            logger.warning("session %s: %s (%s)", session.id, exc.message, exc.code)
+            self._error(
+                session,
+                TranscriptionError(
+                    f"{exc.message}; audio from {lost_from:.2f} s to {max(end, start) / SAMPLE_RATE:.2f} s"
+                    " was not transcribed",
+                    code=exc.code,
+                    fatal=exc.fatal,
+                ),
+            )
+            return []
+        resume_at = session.offset + session.stream.committed_until
+        logger.warning(
+            "session %s: %s failed (%s); failing over to local from %.2f s", session.id, session.backend, exc.code, resume_at
+        )
+        try:
+            session.stream.close()
+        except Exception:
+            logger.debug("closing the failed stream raised", exc_info=True)
+        previous = session.backend
+        session.stream = self._open_stream(local, session.options)
+        session.backend = "local"
+        session.offset = resume_at
+        self.emit(
+            "backend_changed",
+            {"session_id": session.id, "from": previous, "to": "local", "reason": exc.message,
+             "code": exc.code, "at": round(resume_at, 3)},
+            session.room,
+        )
+        self._notify("failover", session, exc)
+        audio = self._retained_since(session, int(round(resume_at * SAMPLE_RATE)))
+        session.retained, session.retained_from = [], 0
+        return self.runtime.run_blocking(session.stream.feed, audio) if audio.size else []
+
+    def _retained_since(self, session: Session, sample: int) -> np.ndarray:
+        if not session.retained:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(session.retained)
+        skip = max(0, sample - session.retained_from)
+        return audio[skip:]
+
+    def _release_retained(self, session: Session) -> None:
+        """Drop retained audio the cloud has finalised; bound the rest."""
+        if not session.retained:
+            return
+        keep_from = int((session.offset + session.stream.committed_until) * SAMPLE_RATE)
+        oldest = session.processed - int(MAX_RETAINED_SECONDS * SAMPLE_RATE)
+        keep_from = max(keep_from, oldest)
+        if keep_from <= session.retained_from:
+            return
+        audio = np.concatenate(session.retained)[keep_from - session.retained_from :]
+        session.retained = [audio] if audio.size else []
+        session.retained_from = keep_from
+
+    def _dispatch(self, session: Session, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Final):
+                if not event.text:
+                    continue
+                # Finals are append-only with non-decreasing times, whatever a backend does.
+                payload = final_payload(session.id, session.next_segment, event, session.offset)
+                payload["start"] = max(payload["start"], session.last_final_start)
+                payload["end"] = max(payload["end"], payload["start"])
+                session.last_final_start = payload["start"]
+                session.next_segment += 1
+                session.finals.append(event.text)
+                self.emit("final", payload, session.room)
+            elif isinstance(event, Partial):
+                self.emit("partial", partial_payload(session.id, event, session.offset), session.room)
+            elif isinstance(event, LanguageDetected):
+                session.language = event.language
+                self.emit("language", language_payload(session.id, event), session.room)
+            elif isinstance(event, SpeechActivity):
+                session.speech.append((event.start + session.offset, event.end + session.offset))
+            self._notify("event", session, event)
+
+    def _error(self, session: Session, error: TranscriptionError) -> None:
+        self._notify("error", session, error)
+        self.emit("error", {**error.to_payload(), "session_id": session.id}, session.owner)
+
+    def _close(self, session: Session) -> None:
+        try:
+            session.stream.close()
+        except Exception:
+            logger.debug("session %s: closing the stream raised", session.id, exc_info=True)
+        session.state = "stopped"
+        payload = {
+            "session_id": session.id,
+            "duration": round(session.duration, 3),
+            "transcript": session.transcript,
+        }
+        self._notify("stopped", session, payload)
+        self.emit("stopped", payload, session.room)
+        self._sessions.pop(session.id, None)
+        if self._by_owner.get(session.owner) is session:
+            self._by_owner.pop(session.owner, None)
+        session.done.set()
+        logger.info("session %s stopped: %.1f s of audio, %d finals", session.id, session.duration, len(session.finals))
+
+    def _notify(self, kind: str, session: Session, detail: Any) -> None:
+        for listener in self.listeners:
+            try:
+                listener(kind, session, detail)
+            except Exception:
+                logger.exception("session listener failed on %s", kind)

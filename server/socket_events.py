@@ -1,0 +1,125 @@
+"""Socket.IO event handlers: translate protocol events into session-manager calls.
+
+Handlers run on the event loop and never block on a model: they validate, enqueue and answer.
+Every :class:`TranscriptionError` becomes one ``error`` event to the sender.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import request
+from flask_socketio import SocketIO, emit, join_room, leave_room
+
+from backends.errors import InvalidRequest, TranscriptionError
+from server.protocol import PROTOCOL_VERSION, parse_room
+from server.sessions import SessionManager
+
+logger = logging.getLogger(__name__)
+
+
+def _reports_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(handler)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return handler(*args)
+        except TranscriptionError as exc:
+            emit("error", exc.to_payload())
+        except Exception:
+            logger.exception("handler %s failed", handler.__name__)
+            emit("error", TranscriptionError(f"internal error in '{handler.__name__}'; see the server log").to_payload())
+        return None
+
+    return wrapper
+
+
+def register_socket_events(socketio: SocketIO, manager: SessionManager, server_info: Callable[[], dict]) -> None:
+    """Attach the protocol v1 handlers to ``socketio``."""
+
+    @socketio.on("connect")
+    def on_connect(auth: Any = None) -> None:
+        emit("server_info", server_info())
+
+    @socketio.on("disconnect")
+    def on_disconnect(*_: Any) -> None:
+        manager.disconnect(request.sid)
+
+    @socketio.on("start")
+    @_reports_errors
+    def on_start(data: Any = None) -> None:
+        session = manager.start(request.sid, data)
+        join_room(session.room)
+        backend = manager.backends[session.backend].info()
+        emit(
+            "ready",
+            {
+                "session_id": session.id,
+                "room": session.room,
+                "backend": session.backend,
+                "model": backend.model,
+                "device": backend.device,
+                "device_name": backend.device_name,
+                "compute_type": backend.compute_type,
+                "language": session.language or "auto",
+                "task": session.options.task,
+                "sample_rate": session.audio_format.sample_rate,
+                "encoding": session.audio_format.encoding,
+            },
+        )
+
+    @socketio.on("audio")
+    @_reports_errors
+    def on_audio(data: Any = None) -> None:
+        manager.audio(request.sid, data)
+
+    @socketio.on("stop")
+    @_reports_errors
+    def on_stop(*_: Any) -> None:
+        manager.stop(request.sid)
+
+    @socketio.on("join")
+    @_reports_errors
+    def on_join(data: Any = None) -> None:
+        room = parse_room(data.get("room") if isinstance(data, dict) else None)
+        join_room(room)
+        sessions = manager.in_room(room)
+        emit(
+            "joined",
+            {"room": room, "sessions": [{"session_id": s.id, "backend": s.backend, "language": s.language} for s in sessions]},
+        )
+
+    @socketio.on("leave")
+    @_reports_errors
+    def on_leave(data: Any = None) -> None:
+        room = parse_room(data.get("room") if isinstance(data, dict) else None)
+        own = manager.session_of(request.sid)
+        if own is not None and own.room == room and own.state == "running":
+            raise InvalidRequest("cannot leave the room of your own running session", code="invalid_room")
+        leave_room(room)
+        emit("left", {"room": room})
+
+    @socketio.on("ping")
+    def on_ping(*_: Any) -> dict:
+        return {"server_time": time.time()}
+
+
+def server_info_payload(manager: SessionManager, version: str) -> dict:
+    from server.audio import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "version": version,
+        "backends": manager.backend_infos(),
+        "default_backend": "local",
+        "default_language": manager.config.language,
+        "limits": {
+            "max_payload_bytes": manager.config.max_payload_bytes,
+            "min_sample_rate": MIN_SAMPLE_RATE,
+            "max_sample_rate": MAX_SAMPLE_RATE,
+            "encodings": list(ENCODINGS),
+        },
+    }
