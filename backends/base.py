@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 import numpy as np
 
@@ -153,7 +153,7 @@ class SpeechActivity:
     end: float
 
 
-Event = Union[Partial, Final, LanguageDetected, SpeechActivity]
+Event = Partial | Final | LanguageDetected | SpeechActivity
 
 
 class Stream(abc.ABC):
@@ -198,14 +198,12 @@ class Backend(abc.ABC):
             raise BackendUnavailable(f"backend '{self.name}' is unavailable: {info.reason}")
         if options.task not in info.tasks:
             raise InvalidRequest(
-                f"task '{options.task}' is not supported by backend '{self.name}'"
-                f" (supported: {', '.join(info.tasks)})",
+                f"task '{options.task}' is not supported by backend '{self.name}' (supported: {', '.join(info.tasks)})",
                 code="unsupported_task",
             )
         if options.language is not None and options.language not in info.languages:
             raise InvalidRequest(
-                f"language '{options.language}' is not supported by backend '{self.name}'"
-                f" with model '{info.model}'",
+                f"language '{options.language}' is not supported by backend '{self.name}' with model '{info.model}'",
                 code="unsupported_language",
             )
 
@@ -231,4 +229,3 @@ class StreamingBackend(Backend):
     @abc.abstractmethod
     def open_stream(self, options: StreamOptions) -> Stream:
         """Start a stream; raise :class:`~backends.errors.TranscriptionError` on failure."""
-

@@ -92,12 +92,11 @@ def select_compute_type(device: str, requested: str) -> str:
     if requested != "auto":
         if requested not in supported:
             raise ConfigurationError(
-                f"compute type '{requested}' is not supported on {device};"
-                f" supported: {', '.join(sorted(supported))}",
+                f"compute type '{requested}' is not supported on {device}; supported: {', '.join(sorted(supported))}",
                 code="compute_type_unsupported",
             )
         return requested
-    for candidate in (("float16", "int8_float16", "float32") if device == "cuda" else ("int8", "float32")):
+    for candidate in ("float16", "int8_float16", "float32") if device == "cuda" else ("int8", "float32"):
         if candidate in supported:
             return candidate
     return "default"

@@ -67,7 +67,7 @@ class LocalAgreement:
         """Add a hypothesis; return the newly committed words (possibly none)."""
         new = self._fresh(hypothesis)
         agreed = 0
-        for old, cur in zip(self._previous, new):
+        for old, cur in zip(self._previous, new, strict=False):
             if word_key(old.text) != word_key(cur.text):
                 break
             agreed += 1

@@ -33,7 +33,11 @@ class AudioFormat:
         """Validate client-supplied values; raise :class:`InvalidRequest` with a clear code."""
         if sample_rate is None:
             sample_rate = SAMPLE_RATE
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or sample_rate != int(sample_rate):
+        if (
+            isinstance(sample_rate, bool)
+            or not isinstance(sample_rate, (int, float))
+            or sample_rate != int(sample_rate)
+        ):
             raise InvalidRequest(f"sample_rate must be an integer, got {sample_rate!r}", code="invalid_sample_rate")
         if not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
             raise InvalidRequest(

@@ -116,7 +116,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         value = type(raw) if raw not in (None, "") else default
         parser.add_argument(flag, default=value, type=type, help=f"{help} [env {var}]", **kwargs)
 
-    server = parser.add_argument_group("server")
+    parser.add_argument_group("server")
     option("--host", "LIVESCRIBE_HOST", "127.0.0.1", "interface to listen on (0.0.0.0 for all)")
     option("--port", "LIVESCRIBE_PORT", 8000, "TCP port", type=int)
     option(
@@ -138,7 +138,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     option("--log-level", "LIVESCRIBE_LOG_LEVEL", "INFO", "logging level", choices=LOG_LEVELS, type=str.upper)
 
-    model = parser.add_argument_group("local model (faster-whisper)")
+    parser.add_argument_group("local model (faster-whisper)")
     option(
         "--model",
         "LIVESCRIBE_MODEL",
@@ -163,7 +163,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "default session language: a code such as en or fr, or auto (detect once per session)",
     )
 
-    stream = parser.add_argument_group("streaming pipeline")
+    parser.add_argument_group("streaming pipeline")
     option("--step", "LIVESCRIBE_STEP", 1.0, "seconds of new speech between window decodes", type=float)
     option("--max-window", "LIVESCRIBE_MAX_WINDOW", 15.0, "longest decoded window (seconds)", type=float)
     option("--vad-threshold", "LIVESCRIBE_VAD_THRESHOLD", 0.5, "Silero speech probability threshold", type=float)
@@ -176,13 +176,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_bool,
     )
 
-    cloud = parser.add_argument_group("cloud backend (Speechmatics real-time)")
+    parser.add_argument_group("cloud backend (Speechmatics real-time)")
     option("--speechmatics-api-key", "SPEECHMATICS_API_KEY", None, "API key; without it the cloud backend is off")
     option("--speechmatics-url", "SPEECHMATICS_RT_URL", None, "real-time endpoint (default: the SDK's)")
     option("--cloud-max-delay", "LIVESCRIBE_CLOUD_MAX_DELAY", 1.0, "Speechmatics max_delay (seconds)", type=float)
-    option(
-        "--cloud-operating-point", "LIVESCRIBE_CLOUD_OPERATING_POINT", "enhanced", "standard or enhanced"
-    )
+    option("--cloud-operating-point", "LIVESCRIBE_CLOUD_OPERATING_POINT", "enhanced", "standard or enhanced")
     option(
         "--failover",
         "LIVESCRIBE_FAILOVER",

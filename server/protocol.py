@@ -50,7 +50,9 @@ def parse_start(data: object, default_backend: str, default_language: str) -> St
         raise InvalidRequest("backend must be a string", code="unknown_backend")
     language = data.get("language") or default_language
     if not isinstance(language, str) or not re.fullmatch(r"[a-zA-Z]{2,3}(-[A-Za-z]{2,4})?|auto", language):
-        raise InvalidRequest(f"language must be a code such as 'en' or 'auto', got {language!r}", code="unsupported_language")
+        raise InvalidRequest(
+            f"language must be a code such as 'en' or 'auto', got {language!r}", code="unsupported_language"
+        )
     task = data.get("task") or "transcribe"
     if task not in TASKS:
         raise InvalidRequest(f"task must be one of {', '.join(TASKS)}, got {task!r}", code="unsupported_task")

@@ -306,10 +306,7 @@ class SessionManager:
         """Fail over to the local backend, or report the audio span the failure cost."""
         local = self.backends.get("local")
         can_fail_over = (
-            session.backend != "local"
-            and self.config.cloud.failover
-            and local is not None
-            and local.info().available
+            session.backend != "local" and self.config.cloud.failover and local is not None and local.info().available
         )
         if not can_fail_over:
             committed = session.offset + session.stream.committed_until
@@ -327,7 +324,11 @@ class SessionManager:
             return []
         resume_at = session.offset + session.stream.committed_until
         logger.warning(
-            "session %s: %s failed (%s); failing over to local from %.2f s", session.id, session.backend, exc.code, resume_at
+            "session %s: %s failed (%s); failing over to local from %.2f s",
+            session.id,
+            session.backend,
+            exc.code,
+            resume_at,
         )
         try:
             session.stream.close()
@@ -339,12 +340,18 @@ class SessionManager:
         session.offset = resume_at
         self.emit(
             "backend_changed",
-            {"session_id": session.id, "from": previous, "to": "local", "reason": exc.message,
-             "code": exc.code, "at": round(resume_at, 3)},
+            {
+                "session_id": session.id,
+                "from": previous,
+                "to": "local",
+                "reason": exc.message,
+                "code": exc.code,
+                "at": round(resume_at, 3),
+            },
             session.room,
         )
         self._notify("failover", session, exc)
-        audio = self._retained_since(session, int(round(resume_at * SAMPLE_RATE)))
+        audio = self._retained_since(session, round(resume_at * SAMPLE_RATE))
         session.retained, session.retained_from = [], 0
         return self.runtime.run_blocking(session.stream.feed, audio) if audio.size else []
 

@@ -31,7 +31,9 @@ def _reports_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
             emit("error", exc.to_payload())
         except Exception:
             logger.exception("handler %s failed", handler.__name__)
-            emit("error", TranscriptionError(f"internal error in '{handler.__name__}'; see the server log").to_payload())
+            emit(
+                "error", TranscriptionError(f"internal error in '{handler.__name__}'; see the server log").to_payload()
+            )
         return None
 
     return wrapper
@@ -89,7 +91,10 @@ def register_socket_events(socketio: SocketIO, manager: SessionManager, server_i
         sessions = manager.in_room(room)
         emit(
             "joined",
-            {"room": room, "sessions": [{"session_id": s.id, "backend": s.backend, "language": s.language} for s in sessions]},
+            {
+                "room": room,
+                "sessions": [{"session_id": s.id, "backend": s.backend, "language": s.language} for s in sessions],
+            },
         )
 
     @socketio.on("leave")
