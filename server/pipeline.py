@@ -169,7 +169,9 @@ class StreamingPipeline(Stream):
         self._committed_until = end / SAMPLE_RATE
         self._window_start = None
         self._last_words, self._last_decoded, self._last_silent = [], 0, False
-        self._drop_before(max(end, self._total - self._pad))
+        # Only up to this utterance's end: the same batch of audio may already hold the
+        # next utterance's start, which its window (with padding) still needs.
+        self._drop_before(end - self._pad)
         return events
 
     # --- decoding ----------------------------------------------------------------------
