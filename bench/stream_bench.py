@@ -165,9 +165,7 @@ def final_words(finals: Sequence[tuple[float, dict]]) -> list[TimedWord]:
         tokens = final.get("text", "").split()
         start, end = float(final.get("start", 0.0)), float(final.get("end", 0.0))
         step = (end - start) / max(1, len(tokens))
-        out.extend(
-            TimedWord(t, start + i * step, start + (i + 1) * step, arrival) for i, t in enumerate(tokens)
-        )
+        out.extend(TimedWord(t, start + i * step, start + (i + 1) * step, arrival) for i, t in enumerate(tokens))
     return out
 
 
@@ -250,9 +248,7 @@ def session_metrics(record: SessionRecord, stream: StreamFile, offline_text: str
     hyp = hypothesis_text(record)
     errors = word_errors(stream.reference, hyp, stream.language)
     deleted, ref_len = never_finalised(stream.reference, hyp, stream.language)
-    offline = (
-        word_errors(stream.reference, offline_text, stream.language) if offline_text is not None else None
-    )
+    offline = word_errors(stream.reference, offline_text, stream.language) if offline_text is not None else None
     final_word_count = len(final_words(record.finals))
     return {
         "stream_id": stream.stream_id,
@@ -273,9 +269,7 @@ def session_metrics(record: SessionRecord, stream: StreamFile, offline_text: str
         "errors_events": [p for _, p in record.errors],
         "stopped": record.stopped is not None,
         "flush_s": (
-            None
-            if record.stopped_at is None or record.stop_sent is None
-            else record.stopped_at - record.stop_sent
+            None if record.stopped_at is None or record.stop_sent is None else record.stopped_at - record.stop_sent
         ),
         "max_send_lag": record.max_send_lag,
     }
@@ -775,9 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     streams = find_streams(args.paths)
     command = shlex.join(["python", "-m", "bench.stream_bench", *(sys.argv[1:] if argv is None else argv)])
-    offline = (
-        None if args.no_offline else offline_transcripts(args.model, streams, use_cache=not args.no_cache)
-    )
+    offline = None if args.no_offline else offline_transcripts(args.model, streams, use_cache=not args.no_cache)
     session_kwargs = {
         "backend": args.backend,
         "language": args.language,
@@ -795,8 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failures.extend(f"{clients} streams: {f}" for f in failed)
             by_id = {s.stream_id: s for s in streams}
             metrics = [
-                session_metrics(r, by_id[r.stream_id], offline.get(r.stream_id) if offline else None)
-                for r in records
+                session_metrics(r, by_id[r.stream_id], offline.get(r.stream_id) if offline else None) for r in records
             ]
             row = summarize(metrics)
             row["streams"] = clients
@@ -831,16 +822,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ready:
         print(
             "session: "
-            + ", ".join(
-                f"{k} {ready.get(k)}" for k in ("backend", "model", "device", "compute_type") if k in ready
-            )
+            + ", ".join(f"{k} {ready.get(k)}" for k in ("backend", "model", "device", "compute_type") if k in ready)
         )
     for row in rows:
         notes = []
         if row["utterances_without_final"]:
-            notes.append(
-                f"{row['utterances_without_final']}/{row['utterances']} utterances without a final word"
-            )
+            notes.append(f"{row['utterances_without_final']}/{row['utterances']} utterances without a final word")
         if row["error_events"]:
             notes.append(f"{row['error_events']} error events")
         if row["sessions_not_stopped"]:

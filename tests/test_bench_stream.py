@@ -57,10 +57,12 @@ def test_final_latency_uses_last_word_of_each_phrase() -> None:
     record = SessionRecord(stream_id="x", client=0, duration=3.0)
     record.finals = [
         # "press one" finalised at 1.2 s, "for" at 1.9 s: phrase 0 is finalised at 1.9 s.
-        (1.2, {"text": "Press one", "start": 0.5, "end": 1.0, "words": [word(" Press", 0.5, 0.8), word(" one", 0.8, 1.0)]}),
+        (1.2, {"text": "Press one", "start": 0.5, "end": 1.0,
+               "words": [word(" Press", 0.5, 0.8), word(" one", 0.8, 1.0)]}),
         (1.9, {"text": " for", "start": 1.1, "end": 1.6, "words": [word(" for", 1.1, 1.6)]}),
         # A word timed in the gap 1.5..2.0 but nearer phrase 1, then phrase 1 itself.
-        (2.9, {"text": " Thank you.", "start": 1.95, "end": 2.7, "words": [word(" Thank", 1.95, 2.3), word(" you.", 2.3, 2.7)]}),
+        (2.9, {"text": " Thank you.", "start": 1.95, "end": 2.7,
+               "words": [word(" Thank", 1.95, 2.3), word(" you.", 2.3, 2.7)]}),
     ]  # fmt: skip
     latencies = sb.final_latencies(record, UTTERANCES)
     assert latencies == pytest.approx([1.9 - 1.5, 2.9 - 2.6])
@@ -101,7 +103,8 @@ def test_percentile_and_summary() -> None:
     silence = StreamFile("q", "q.wav", "en", "silence", 2.0, (), b"")
     speech_record = SessionRecord(stream_id="s", client=0, duration=3.0)
     speech_record.finals = [
-        (1.8, {"text": "Press one for", "start": 0.5, "end": 1.5, "words": [word("Press", 0.5, 0.8), word(" one", 0.8, 1.1), word(" for", 1.1, 1.5)]}),
+        (1.8, {"text": "Press one for", "start": 0.5, "end": 1.5,
+               "words": [word("Press", 0.5, 0.8), word(" one", 0.8, 1.1), word(" for", 1.1, 1.5)]}),
     ]  # fmt: skip
     speech_record.partials = [(0.9, {"text": "press", "start": 0.5, "end": 0.9})] * 6
     silence_record = SessionRecord(stream_id="q", client=0, duration=2.0)
@@ -128,7 +131,10 @@ def test_percentile_and_summary() -> None:
 
 def test_plan_streams_round_robin_and_every_file() -> None:
     files = [StreamFile(f"f{i}", "", "en", "speech", 1.0, (), b"") for i in range(3)]
-    ids = lambda plan: [[f.stream_id for f in client] for client in plan]
+
+    def ids(plan: list[list[StreamFile]]) -> list[list[str]]:
+        return [[f.stream_id for f in client] for client in plan]
+
     assert ids(sb.plan_streams(files, 1, False)) == [["f0", "f1", "f2"]]
     assert ids(sb.plan_streams(files, 2, False)) == [["f0", "f2"], ["f1"]]
     assert ids(sb.plan_streams(files, 4, False)) == [["f0"], ["f1"], ["f2"], ["f0"]]
@@ -220,9 +226,7 @@ class FakeServer:
         utt = UTTERANCES[index]
         tokens = utt.text.split()[:-1] if drop_last else utt.text.split()
         step = (utt.end - utt.start) / len(utt.text.split())
-        words = [
-            word(" " + t, utt.start + i * step, utt.start + (i + 1) * step) for i, t in enumerate(tokens)
-        ]
+        words = [word(" " + t, utt.start + i * step, utt.start + (i + 1) * step) for i, t in enumerate(tokens)]
         payload = {"session_id": sid, "segment_id": state["segment"], "text": " ".join(tokens)}
         payload.update(start=utt.start, end=words[-1]["end"], words=words)
         state["segment"] += 1
@@ -252,6 +256,7 @@ class FakeServer:
         self.sio.emit("stopped", {"session_id": sid, "duration": state["samples"] / sb.SAMPLE_RATE}, to=sid)
 
 
+@pytest.mark.slow
 def test_paced_session_against_fake_server(tmp_path: Path) -> None:
     stream = sb.load_stream(make_stream(tmp_path))
     assert stream.duration == pytest.approx(3.0)
@@ -277,17 +282,14 @@ def test_paced_session_against_fake_server(tmp_path: Path) -> None:
     assert metrics["errors"] == {"substitutions": 0, "deletions": 1, "insertions": 0, "ref_len": 5}
 
 
-def test_main_against_fake_server_prints_table_and_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+@pytest.mark.slow
+def test_main_against_fake_server_prints_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     make_stream(tmp_path, "fake-00")
     make_stream(tmp_path, "fake-silence", duration=1.0, speech=False)
     out = tmp_path / "bench.json"
     with FakeServer() as server:
         # One client streaming both files, then two concurrent clients with one file each.
-        code = sb.main(
-            [str(tmp_path), "--url", server.url, "--streams", "1,2", "--no-offline", "--json", str(out)]
-        )
+        code = sb.main([str(tmp_path), "--url", server.url, "--streams", "1,2", "--no-offline", "--json", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "command:" in text and "machine:" in text
