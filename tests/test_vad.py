@@ -1,0 +1,58 @@
+"""server.vad: incremental Silero VAD on real speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.vad import FRAME, SileroStream, VadOptions, VoiceActivityDetector
+from tests.conftest import Fixture
+
+
+def events_for(audio: np.ndarray, chunk: int, options: VadOptions | None = None) -> list[tuple[str, float]]:
+    vad = VoiceActivityDetector(options)
+    events = []
+    for i in range(0, len(audio), chunk):
+        events += [(e.kind, e.sample / 16000) for e in vad.process(audio[i : i + chunk])]
+    return events
+
+
+def test_streaming_probabilities_equal_whole_file_run(en00: Fixture):
+    from faster_whisper.vad import get_vad_model
+
+    audio = en00.audio[: 20 * 16000]
+    whole = get_vad_model()(audio[: len(audio) // FRAME * FRAME]).reshape(-1)
+    stream = SileroStream()
+    pieces = [stream(audio[i : i + 1600]) for i in range(0, len(audio), 1600)]
+    np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-5)
+
+
+def test_utterances_match_the_reference_times(en00: Fixture):
+    events = events_for(en00.audio, 1600)
+    starts = [t for kind, t in events if kind == "start"]
+    ends = [t for kind, t in events if kind == "end"]
+    assert len(starts) >= len(ends) >= len(starts) - 1
+    for utterance in en00.reference["utterances"]:
+        # Every reference phrase begins within 0.15 s of a detected start or inside speech.
+        assert any(abs(s - utterance["start"]) < 0.15 for s in starts) or any(
+            s < utterance["start"] < e for s, e in zip(starts, ends)
+        ), utterance
+        # ... and is over by the time speech is declared ended.
+        assert any(abs(e - utterance["end"]) < 0.3 for e in ends), utterance
+
+
+@pytest.mark.parametrize("chunk", [512, 1600, 4000, 16000])
+def test_events_do_not_depend_on_chunk_size(en00: Fixture, chunk: int):
+    audio = en00.audio[: 20 * 16000]
+    assert events_for(audio, chunk) == events_for(audio, 1600)
+
+
+def test_silence_and_noise_are_not_speech(silence: Fixture):
+    assert events_for(silence.audio, 1600) == []
+
+
+def test_min_silence_controls_splitting(en00: Fixture):
+    audio = en00.audio[: 20 * 16000]
+    fine = [e for e in events_for(audio, 1600, VadOptions(min_silence=0.3)) if e[0] == "end"]
+    coarse = [e for e in events_for(audio, 1600, VadOptions(min_silence=1.2)) if e[0] == "end"]
+    assert len(coarse) < len(fine)
