@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 # Whisper's fixed input: 30 s of 10 ms mel frames.
 FULL_FRAMES = 3000
+# How often offline transcription re-checks whether live decodes are still running.
+LIVE_POLL_SECONDS = 0.005
 # Frames of zero-padding below which a short window makes the decoder loop (measured: a
 # 1.5 s phrase padded to 2x its length repeated itself; padded to 10 s it did not).
 MIN_ENCODER_FRAMES = 1000
@@ -143,6 +147,12 @@ class LocalBackend(DecoderBackend):
         self._multilingual = False
         self._ready = threading.Event()
         self._failure: str | None = None
+        # Called after every successful ``decode`` with (seconds of audio, seconds it took):
+        # the server's metrics. An observer must be cheap and must not raise.
+        self.observers: list[Callable[[float, float], None]] = []
+        # One token per ``decode`` in progress. A deque because its append/pop are atomic
+        # across native threads in every async mode (a patched lock may not be).
+        self._live_decodes: deque[None] = deque()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -233,7 +243,30 @@ class LocalBackend(DecoderBackend):
         Streaming calls this every step, so it avoids faster-whisper's ``transcribe`` loop:
         the encoder input is padded to ``options.encoder_frames`` instead of 30 s, and the
         quality gates (no-speech, log-prob, compression) are left to the caller.
+
+        Live sessions call this; while any call is in progress :meth:`transcribe` (files)
+        pauses between its windows, so live steps go first.
         """
+        started = time.perf_counter()
+        self._live_decodes.append(None)
+        try:
+            result = self._decode(audio, options)
+        finally:
+            self._live_decodes.pop()
+        elapsed = time.perf_counter() - started
+        for observer in self.observers:
+            try:
+                observer(result.duration, elapsed)
+            except Exception:
+                logger.exception("decode observer failed")
+        return result
+
+    @property
+    def live_decodes(self) -> int:
+        """Live ``decode`` calls in progress right now."""
+        return len(self._live_decodes)
+
+    def _decode(self, audio: np.ndarray, options: DecodeOptions) -> DecodeResult:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_compression_ratio
 
@@ -340,10 +373,22 @@ class LocalBackend(DecoderBackend):
             hotwords=None,
         )
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> DecodeResult:
-        """Offline transcription of any length with faster-whisper's own loop and VAD."""
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        progress: Callable[[float], None] | None = None,
+    ) -> DecodeResult:
+        """Offline transcription of any length with faster-whisper's own loop and VAD.
+
+        ``progress(seconds)`` is called after each segment with the audio time reached. Between
+        segments (faster-whisper decodes lazily, one 30 s window at a time) this waits while
+        live :meth:`decode` calls are in progress: a file never delays a live step by more than
+        the one window it is decoding.
+        """
         model = self.model
         language = options.language if self._multilingual else "en"
+        segments: list[Segment] = []
         try:
             raw_segments, info = model.transcribe(
                 audio,
@@ -355,29 +400,44 @@ class LocalBackend(DecoderBackend):
                 condition_on_previous_text=False,
                 initial_prompt=options.prompt,
             )
-            segments = tuple(
-                Segment(
-                    text=s.text,
-                    start=float(s.start),
-                    end=float(s.end),
-                    words=tuple(
-                        Word(text=w.word, start=float(w.start), end=float(w.end), probability=float(w.probability))
-                        for w in (s.words or ())
-                    ),
-                    avg_logprob=float(s.avg_logprob),
-                    no_speech_prob=float(s.no_speech_prob),
-                    compression_ratio=float(s.compression_ratio),
+            iterator = iter(raw_segments)
+            while True:
+                self._yield_to_live()
+                s = next(iterator, None)
+                if s is None:
+                    break
+                segments.append(
+                    Segment(
+                        text=s.text,
+                        start=float(s.start),
+                        end=float(s.end),
+                        words=tuple(
+                            Word(text=w.word, start=float(w.start), end=float(w.end), probability=float(w.probability))
+                            for w in (s.words or ())
+                        ),
+                        avg_logprob=float(s.avg_logprob),
+                        no_speech_prob=float(s.no_speech_prob),
+                        compression_ratio=float(s.compression_ratio),
+                    )
                 )
-                for s in raw_segments
-            )
+                if progress is not None:
+                    progress(float(s.end))
         except (RuntimeError, ValueError, IndexError) as exc:
             raise BackendFailure(f"transcription failed: {exc}") from exc
+        if progress is not None:
+            progress(float(info.duration))
         return DecodeResult(
-            segments=segments,
+            segments=tuple(segments),
             language=info.language,
             language_probability=float(info.language_probability),
             duration=float(info.duration),
         )
+
+    def _yield_to_live(self) -> None:
+        # Polling rather than a condition variable: it works the same on native threads
+        # under gevent/eventlet monkey patching, and costs nothing when no session is live.
+        while self._live_decodes:
+            time.sleep(LIVE_POLL_SECONDS)
 
 
 __all__ = ["LocalBackend", "LocalBackendOptions", "ModelNotFound", "encoder_frames_for"]
