@@ -40,6 +40,8 @@ class Config:
     max_sessions: int = 8
     max_payload_bytes: int = 1 << 20  # one ``audio`` message
     max_backlog: float = 60.0  # seconds of audio queued and not yet transcribed, per session
+    max_upload_bytes: int = 100 << 20  # one POST /api/transcribe request
+    max_file_jobs: int = 4  # uploaded files waiting for their turn (one is transcribed at a time)
     language: str = "auto"  # default for sessions that do not name one
     log_level: str = "INFO"
     local: LocalBackendOptions = field(default_factory=LocalBackendOptions)
@@ -70,6 +72,8 @@ class Config:
             max_sessions=args.max_sessions,
             max_payload_bytes=args.max_payload_bytes,
             max_backlog=args.max_backlog,
+            max_upload_bytes=args.max_upload_bytes,
+            max_file_jobs=args.max_file_jobs,
             language=args.language,
             log_level=args.log_level.upper(),
             local=LocalBackendOptions(
@@ -135,6 +139,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         60.0,
         "seconds of untranscribed audio a session may queue before audio is refused",
         type=float,
+    )
+    option(
+        "--max-upload-bytes",
+        "LIVESCRIBE_MAX_UPLOAD_BYTES",
+        100 << 20,
+        "largest file upload to POST /api/transcribe, in bytes (larger ones get 413)",
+        type=int,
+    )
+    option(
+        "--max-file-jobs",
+        "LIVESCRIBE_MAX_FILE_JOBS",
+        4,
+        "uploaded files that may wait for the one being transcribed (more get 503)",
+        type=int,
     )
     option("--log-level", "LIVESCRIBE_LOG_LEVEL", "INFO", "logging level", choices=LOG_LEVELS, type=str.upper)
 
