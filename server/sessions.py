@@ -199,6 +199,7 @@ class SessionManager:
         if samples.size:
             session.accepted += len(samples)
             session.queue.put(samples)
+            self._notify("audio", session, len(samples))  # metrics: when each sample arrived
 
     def stop(self, sid: str) -> Session:
         session = self._running(sid)
