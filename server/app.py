@@ -13,6 +13,7 @@ from flask_socketio import SocketIO
 from backends.base import Backend
 from server import __version__
 from server.config import Config
+from server.http_api import init_app as init_http_api
 from server.runtime import Runtime
 from server.sessions import SessionManager
 from server.socket_events import register_socket_events, server_info_payload
@@ -87,6 +88,7 @@ def create_app(config: Config, backends: Mapping[str, Backend] | None = None) ->
     register_socket_events(socketio, sessions, lambda: server_info_payload(sessions, __version__))
     context = ServerContext(config=config, socketio=socketio, sessions=sessions, backends=backends, runtime=runtime)
     app.extensions["livescribe"] = context
+    init_http_api(app)  # /api/transcribe, /api/status, /metrics, session analysis
 
     @app.get("/")
     def index():
@@ -99,7 +101,8 @@ def create_app(config: Config, backends: Mapping[str, Backend] | None = None) ->
     @app.get("/ready")
     def ready():
         local = backends.get("local")
-        is_ready = local is not None and local.info().available
+        # Loaded *and* warmed up (LocalBackend.ready); other backends: available.
+        is_ready = local is not None and local.info().available and getattr(local, "ready", True)
         return jsonify(ready=is_ready), (200 if is_ready else 503)
 
     return app
