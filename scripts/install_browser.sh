@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install what the real-browser tests (tests/test_browser.py) need: Debian's Chromium.
+# Idempotent: does nothing when /usr/bin/chromium is already there. The Playwright Python
+# package comes from requirements-dev.txt; never run `playwright install` (the tests drive
+# Debian's chromium through executable_path).
+#
+# Usage: scripts/install_browser.sh        (as root, or with sudo available)
+set -euo pipefail
+
+CHROMIUM=/usr/bin/chromium
+
+if [ -x "$CHROMIUM" ]; then
+  echo "install_browser: $("$CHROMIUM" --version 2>/dev/null || echo chromium) already installed"
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      echo "install_browser: not root and no sudo: cannot install chromium" >&2
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-liberation fonts-dejavu-core
+  echo "install_browser: installed $("$CHROMIUM" --version 2>/dev/null)"
+fi
+
+# A headless start proves the binary runs here (missing libraries show up now, not mid-test).
+if ! timeout 60 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
+     --disable-background-networking --dump-dom about:blank >/dev/null 2>&1; then
+  echo "install_browser: $CHROMIUM is installed but does not start headless" >&2
+  exit 1
+fi
+
+PY="${PYTHON:-python}"
+if ! "$PY" -c "import playwright" >/dev/null 2>&1; then
+  echo "install_browser: note: the 'playwright' package is missing from $PY; pip install -r requirements-dev.txt" >&2
+fi

@@ -1,0 +1,718 @@
+"""The browser client (static/) in a real Chromium, driven by Playwright.
+
+Two groups:
+
+* The page's audio and export code on its own (static files over HTTP): the worklet's
+  resampler and Int16 conversion, the transcript's .srt/.vtt/.txt exports.
+* End to end against a real ``python -m server`` process: Chromium's fake microphone plays a
+  corpus WAV, the page captures it through its AudioWorklet and streams it; the finals on the
+  page must match the reference (normalised WER), a grey partial must come first, the status
+  must name device and backend, the .srt download must parse, and a second page watching the
+  room must receive the same finals.
+
+Chromium is Debian's (/usr/bin/chromium, scripts/install_browser.sh); without it these tests
+skip loudly (or fail under LIVESCRIBE_REQUIRE_BROWSER=1).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import wave
+from pathlib import Path
+
+import pytest
+
+from tests.browser_helpers import (
+    FAKE_SOCKET_IO_JS,
+    REPO,
+    launch_chromium,
+    live_server,
+    static_server,
+    sync_playwright,
+)
+
+srt = pytest.importorskip("srt", reason="the 'srt' package (requirements-dev.txt) parses the .srt download")
+
+pytestmark = pytest.mark.browser
+
+# WER bound for the live browser path. tiny.en through the streaming pipeline scores well under
+# 0.15 on this clean prompt-style English stream when fed directly; the browser path adds two
+# resamplings (16 kHz file -> Chromium's context rate -> 16 kHz in the worklet, ~70 dB SNR)
+# and 100 ms chunking in real time, which should cost next to nothing. 0.25 leaves room for
+# commit-timing differences on a loaded 2-core machine while still failing on real breakage:
+# a broken resampler (aliasing, wrong rate) or dropped/duplicated chunks push WER far above it.
+WER_BOUND = 0.25
+
+
+# --- the page's own code, no server ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pw():
+    """One Playwright driver for the module (its sync API cannot nest)."""
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture
+def launch(pw):
+    """Launch Chromium for one test (closed afterwards, pass or fail)."""
+    browsers = []
+
+    def _launch(**kwargs):
+        browser = launch_chromium(pw, **kwargs)
+        browsers.append(browser)
+        return browser
+
+    yield _launch
+    for browser in browsers:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def static_url():
+    with static_server() as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def module_page(pw, static_url):
+    """A blank page on a static server of the repo, with the client modules importable."""
+    browser = launch_chromium(pw, fake_device=False, fake_ui=False)
+    page = browser.new_page()
+    page.goto(f"{static_url}/static/")  # a directory listing: any same-origin document will do
+    yield page
+    browser.close()
+
+
+RESAMPLE_JS = """
+async ({inRate, freqs, seconds, blocks}) => {
+  const { Resampler } = await import('/static/worklet/pcm-worklet.js');
+  const n = Math.round(inRate * seconds);
+  const x = new Float32Array(n);
+  for (const [f, a] of freqs) for (let i = 0; i < n; i++) x[i] += a * Math.sin(2 * Math.PI * f * i / inRate);
+  const run = (sizes) => {
+    const r = new Resampler(inRate, 16000);
+    const parts = [];
+    let pos = 0, k = 0;
+    while (pos < n) {
+      const size = sizes[k++ % sizes.length];
+      parts.push(r.process(x.subarray(pos, Math.min(n, pos + size))));
+      pos += size;
+    }
+    parts.push(r.flush());
+    const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
+    let o = 0;
+    for (const p of parts) { out.set(p, o); o += p.length; }
+    return out;
+  };
+  const outs = blocks.map(run);
+  return outs.map((o) => Array.from(o));
+}
+"""
+
+
+def tone_fit(y, freq: float, rate: int = 16000) -> tuple[float, float]:
+    """Amplitude of a sinusoid at ``freq`` in ``y`` (least squares) and the residual's RMS."""
+    import numpy as np
+
+    t = np.arange(len(y)) / rate
+    basis = np.stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    residual = y - basis @ coef
+    return float(np.hypot(*coef)), float(np.sqrt(np.mean(residual**2)))
+
+
+@pytest.mark.parametrize("in_rate", [44100, 48000, 96000, 22050])
+def test_worklet_resampler_keeps_speech_band_and_rejects_aliases(module_page, in_rate):
+    import numpy as np
+
+    seconds = 1.0
+    # A 1 kHz tone (kept) plus, where the input rate allows, a 12 kHz tone that a naive
+    # decimator would fold down to 4 kHz (must be removed by the low-pass).
+    freqs = [[1000, 0.5]] + ([[12000, 0.3]] if in_rate > 24000 else [])
+    out = module_page.evaluate(RESAMPLE_JS, {"inRate": in_rate, "freqs": freqs, "seconds": seconds, "blocks": [[128]]})[
+        0
+    ]
+    y = np.asarray(out)
+    assert abs(len(y) - 16000 * seconds) <= 2, "output length must follow the rate ratio"
+    core = y[400:-400]  # leave out the filter's edges (zero history before, flush after)
+    amp, residual = tone_fit(core, 1000)
+    assert amp == pytest.approx(0.5, rel=0.01), "1 kHz must pass at unity gain"
+    # Everything that is not the 1 kHz tone (aliases of 12 kHz at 4 kHz, resampling error).
+    print(f"{in_rate} Hz: residual {20 * np.log10(residual / amp):.1f} dB")
+    assert 20 * np.log10(residual / amp) < -80, f"residual {20 * np.log10(residual / amp):.1f} dB"
+    # Zero phase: output sample n is input time n/16000, no delay to account for.
+    t = np.arange(len(y)) / 16000
+    assert np.max(np.abs(y[400:-400] - 0.5 * np.sin(2 * np.pi * 1000 * t[400:-400]))) < 0.01
+
+
+def test_worklet_resampler_is_seamless_across_block_sizes(module_page):
+    import numpy as np
+
+    # Render quanta are 128 frames, but the state must carry across any split.
+    outs = module_page.evaluate(
+        RESAMPLE_JS,
+        {
+            "inRate": 44100,
+            "freqs": [[440, 0.4], [3100, 0.2]],
+            "seconds": 0.5,
+            "blocks": [[22050], [128], [1, 127, 300, 7]],
+        },
+    )
+    whole, *split = (np.asarray(o) for o in outs)
+    for other in split:
+        assert len(other) == len(whole)
+        assert np.max(np.abs(other - whole)) < 1e-6
+
+
+def test_worklet_int16_conversion_clamps_and_scales(module_page):
+    values = module_page.evaluate(
+        """async () => {
+          const { floatToInt16LE } = await import('/static/worklet/pcm-worklet.js');
+          const buf = floatToInt16LE(Float32Array.from([0, 1, -1, 0.5, -0.5, 2, -3, 1e-6]));
+          return Array.from(new Int16Array(buf));  // the test machine is little-endian
+        }"""
+    )
+    assert values == [0, 32767, -32768, 16384, -16384, 32767, -32768, 0]
+
+
+def test_transcript_exports_are_well_formed(module_page):
+    exports = module_page.evaluate(
+        """async () => {
+          const { Transcript } = await import('/static/lib/transcript.js');
+          const t = new Transcript();
+          const fin = (session_id, segment_id, text, start, end) =>
+            t.addFinal({session_id, segment_id, text, start, end});
+          t.setPartial({session_id: 'a', text: 'hello wor', start: 0.5, end: 1.2});
+          const grouped = [fin('a', 0, ' Hello', 0.5, 0.9), fin('a', 1, 'world.', 0.9, 1.25)].map((r) => r.newLine);
+          fin('a', 2, 'Second --> line\\nwrapped', 3600.0, 3601.5);  // new line: the last one ended a sentence
+          fin('a', 3, '', 3601.5, 3601.5);                            // empty finals join no line
+          fin('a', 4, 'and more', 3601.6, 3602.0);                    // continues the sentence
+          fin('a', 5, 'after a pause', 3604.0, 3604.5);               // new line: 2 s pause
+          t.endSession('a', 3605.0);
+          // A second session on the same page continues the timeline after the first.
+          fin('b', 0, 'Again.', 1.0, 2.0);
+          fin('b', 1, 'a'.repeat(50), 2.0, 3.0);
+          fin('b', 2, 'b'.repeat(40), 3.0, 4.0);                      // new line: 91 characters
+          return {grouped, srt: t.toSRT(), vtt: t.toVTT(), txt: t.toText(), plain: t.toPlainText(), partial: t.partial};
+        }"""
+    )
+    assert exports["grouped"] == [True, False]
+    cues = list(srt.parse(exports["srt"]))
+    assert [c.index for c in cues] == [1, 2, 3, 4, 5, 6]
+    assert [c.content for c in cues] == [
+        "Hello world.",
+        "Second -> line wrapped and more",
+        "after a pause",
+        "Again.",
+        "a" * 50,
+        "b" * 40,
+    ]
+    times = [(c.start.total_seconds(), c.end.total_seconds()) for c in cues]
+    assert times[0] == pytest.approx((0.5, 1.25))
+    assert times[1] == pytest.approx((3600.0, 3602.0))
+    assert times[3] == pytest.approx((3606.0, 3607.0))  # 3605 s of session a, then 1.0 s into b
+    assert exports["srt"].startswith(
+        "1\n00:00:00,500 --> 00:00:01,250\nHello world.\n\n2\n01:00:00,000 --> 01:00:02,000\n"
+    )
+    assert "\n\n\n" not in exports["srt"]
+
+    vtt = exports["vtt"]
+    assert vtt.startswith("WEBVTT\n\n")
+    blocks = vtt.strip().split("\n\n")
+    assert blocks[0] == "WEBVTT"
+    assert blocks[1] == "00:00:00.500 --> 00:00:01.250\nHello world."
+    assert len(blocks) == 7
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n[^\n]+", b) for b in blocks[1:])
+    webvtt = pytest.importorskip("webvtt", reason="webvtt-py (requirements-dev.txt) parses the .vtt export")
+    captions = webvtt.from_buffer(io.StringIO(vtt))
+    assert [c.text for c in captions] == [c.content for c in cues]
+    assert [(c.start, c.end) for c in captions][1] == ("01:00:00.000", "01:00:02.000")
+
+    assert exports["txt"].splitlines()[:2] == [
+        "[00:00:00.500] Hello world.",
+        "[01:00:00.000] Second --> line wrapped and more",
+    ]
+    assert exports["plain"].splitlines()[:3] == ["Hello world.", "Second --> line wrapped and more", "after a pause"]
+    assert exports["partial"] is None  # ending a session clears its partial
+
+
+# --- the page against a scripted server (fake Socket.IO client) -----------------------------
+
+LOCAL_TINY_EN = {
+    "name": "local", "available": True, "reason": None, "model": "tiny.en", "device": "cpu",
+    "device_name": "CPU (Test)", "compute_type": "int8", "multilingual": False, "languages": ["en"],
+    "tasks": ["transcribe"],
+}  # fmt: skip
+LOCAL_MULTI = {
+    **LOCAL_TINY_EN, "model": "base", "multilingual": True, "languages": ["en", "fr", "de"],
+    "tasks": ["transcribe", "translate"],
+}  # fmt: skip
+CLOUD_OFF = {"name": "cloud", "available": False, "reason": "no SPEECHMATICS_API_KEY configured", "languages": []}
+CLOUD_ON = {"name": "cloud", "available": True, "reason": None, "model": "enhanced", "device": "cloud",
+            "device_name": "Speechmatics", "compute_type": None, "multilingual": True,
+            "languages": ["en", "fr"], "tasks": ["transcribe"]}  # fmt: skip
+
+
+def server_info(local: dict, cloud: dict) -> dict:
+    return {
+        "protocol": 1,
+        "version": "0.1.0",
+        "backends": {"local": local, "cloud": cloud},
+        "default_backend": "local",
+        "default_language": "auto",
+        "limits": {"max_payload_bytes": 1 << 20},
+    }
+
+
+READY = {
+    "session_id": "s1", "room": "s1", "backend": "local", "model": "base", "device": "cpu",
+    "device_name": "CPU (Test)", "compute_type": "int8", "language": "fr", "task": "translate",
+    "sample_rate": 16000, "encoding": "pcm_s16le",
+}  # fmt: skip
+
+
+@pytest.fixture
+def fake_page(launch, static_url):
+    """Open the page with the scripted Socket.IO; ``open(query)`` returns the page."""
+
+    def _open(query: str = ""):
+        browser = launch()
+        page = browser.new_page()
+        page.route(
+            "**/static/vendor/socket.io.min.js",
+            lambda route: route.fulfill(body=FAKE_SOCKET_IO_JS, content_type="text/javascript"),
+        )
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{static_url}/static/index.html{query}")
+        page.wait_for_function("window.__fake && window.__fake.fire && window.livescribe")
+        page.page_errors = errors
+        return page
+
+    return _open
+
+
+def fire(page, event: str, payload=None) -> None:
+    page.evaluate("([e, p]) => window.__fake.fire(e, p)", [event, payload])
+
+
+def emitted(page, event: str | None = None) -> list:
+    sent = page.evaluate("window.__fake.emitted")
+    return [e for e in sent if event is None or e[0] == event]
+
+
+def options(page, select: str) -> list[str]:
+    return page.eval_on_selector_all(f"{select} option", "els => els.map(e => e.value)")
+
+
+def test_settings_follow_the_servers_backends(fake_page):
+    page = fake_page()
+    assert page.inner_text("#conn-state") == "Connecting…"
+    assert page.is_disabled("#start-btn")
+    fire(page, "connect")
+    fire(page, "server_info", server_info(LOCAL_MULTI, CLOUD_ON))
+    assert page.inner_text("#conn-state") == "Connected"
+
+    # Multilingual local model: auto + its languages, both tasks; cloud selectable.
+    assert options(page, "#language")[0] == "auto"
+    assert sorted(options(page, "#language")[1:]) == ["de", "en", "fr"]
+    assert "French (fr)" in page.inner_text("#language")
+    assert options(page, "#task") == ["transcribe", "translate"]
+    assert page.is_enabled("#task") and page.is_enabled("#backend-cloud")
+    assert page.is_hidden("#backend-hint")
+    # Cloud: its own languages, and no translate.
+    page.click("label[for=backend-cloud]")
+    assert sorted(options(page, "#language")) == ["auto", "en", "fr"]
+    assert options(page, "#task") == ["transcribe"] and page.is_disabled("#task")
+
+    # The server loses its cloud key (reconnect with new server_info): greyed out, with why.
+    fire(page, "server_info", server_info(LOCAL_TINY_EN, CLOUD_OFF))
+    assert page.is_disabled("#backend-cloud") and page.is_checked("#backend-local")
+    assert "no SPEECHMATICS_API_KEY configured" in page.inner_text("#backend-hint")
+    # English-only model: English only (no auto), said in words.
+    assert options(page, "#language") == ["en"] and page.is_disabled("#language")
+    assert "English-only" in page.inner_text("#language-hint")
+    assert page.is_enabled("#start-btn")
+
+    # Accessible: labelled controls, live captions region, keyboard focus is visible.
+    assert page.get_by_label("Language").count() == 1 and page.get_by_label("Task").count() == 1
+    assert page.get_attribute("#finals", "aria-live") == "polite"
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "start-btn":
+            break
+    else:
+        pytest.fail("the Start button is not reachable with the keyboard")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    assert not page.page_errors
+
+
+def test_own_session_sends_100ms_int16_chunks_and_locks_settings(fake_page):
+    page = fake_page()
+    fire(page, "connect")
+    fire(page, "server_info", server_info(LOCAL_MULTI, CLOUD_ON))
+    page.select_option("#language", "fr")
+    page.select_option("#task", "translate")
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    assert emitted(page, "start")[0][1] == {
+        "backend": "local", "language": "fr", "task": "translate", "sample_rate": 16000, "encoding": "pcm_s16le",
+    }  # fmt: skip
+    page.wait_for_timeout(400)  # audio captured before `ready` is held back, not sent or lost
+    assert emitted(page, "audio") == []
+    fire(page, "ready", READY)
+    page.wait_for_function("window.__fake.emitted.filter(e => e[0] === 'audio').length >= 12")
+    chunks = [e[1]["bytes"] for e in emitted(page, "audio")]
+    assert all(n == 3200 for n in chunks), chunks  # 100 ms of 16 kHz Int16
+    for control in ("#backend-local", "#backend-cloud", "#language", "#task"):
+        assert page.is_disabled(control), f"{control} must be locked while the session runs"
+    assert "CPU (Test) · int8" in page.inner_text("#status-device")
+    assert page.inner_text("#status-model") == "base"
+
+    # The partial is replaced in place, and an empty one clears it.
+    sent = page.evaluate("window.livescribe.audioSecondsSent")
+    fire(page, "partial", {"session_id": "s1", "text": "bonjour", "start": 0.0, "end": 0.4})
+    fire(page, "partial", {"session_id": "s1", "text": "bonjour à tous", "start": 0.0, "end": min(sent, 0.9)})
+    assert page.locator(".partial").count() == 1
+    assert page.inner_text("#partial .partial-text") == "bonjour à tous"
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", page.inner_text("#status-latency"))
+    fire(page, "final", {"session_id": "s1", "segment_id": 0, "text": "Bonjour à tous.", "start": 0.0, "end": 0.9})
+    fire(page, "partial", {"session_id": "s1", "text": "", "start": 0.9, "end": 0.9})
+    assert page.is_hidden("#partial")
+    assert page.inner_text("#finals").endswith("Bonjour à tous.")
+    assert page.inner_text("#finals time") == "0:00"
+    assert page.input_value("#watch-link").endswith("/static/index.html?room=s1")
+
+    page.click("#stop-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")
+    names = [e[0] for e in emitted(page) if e[0] in ("audio", "stop")]
+    assert names.index("stop") == len(names) - 1, "the last audio goes out before stop"
+    assert all(e[1]["bytes"] % 2 == 0 and 0 < e[1]["bytes"] <= 3200 for e in emitted(page, "audio"))
+    fire(page, "stopped", {"session_id": "s1", "duration": 2.0, "transcript": "Bonjour à tous.", "analysis": {}})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    assert page.is_visible("#start-btn") and page.is_enabled("#language")
+    assert page.evaluate("window.livescribe.contextSampleRate") is None
+    assert not page.page_errors
+
+
+def test_watch_view_joins_the_room_and_auto_scroll_pauses_while_reading_back(fake_page):
+    page = fake_page("?room=abc123")
+    assert page.is_hidden("#session-card") and page.is_hidden("#start-btn")
+    assert page.inner_text("#watch-room") == "abc123"
+    fire(page, "connect")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'join')")
+    assert emitted(page, "join") == [["join", {"room": "abc123"}]]
+    fire(page, "joined", {"room": "abc123", "sessions": ["s9"]})
+    page.wait_for_function("document.getElementById('watch-state').textContent.startsWith('Live')")
+
+    def say(k: int) -> None:
+        fire(
+            page,
+            "final",
+            {"session_id": "s9", "segment_id": k, "text": f"Sentence number {k}.", "start": k, "end": k + 0.8},
+        )
+
+    for k in range(60):
+        say(k)
+    at_bottom = """(() => {
+        const t = document.getElementById('transcript');
+        return t.scrollHeight - t.scrollTop - t.clientHeight < 2;
+    })()"""
+    assert page.evaluate(
+        "document.getElementById('transcript').scrollHeight > 2 * document.getElementById('transcript').clientHeight"
+    )
+    assert page.evaluate(at_bottom), "follows the newest caption"
+
+    # The reader scrolls back: new captions no longer yank the view; a button offers the way back.
+    page.evaluate("document.getElementById('transcript').scrollTop = 0")
+    page.wait_for_timeout(100)
+    for k in range(60, 63):
+        say(k)
+    assert page.evaluate("document.getElementById('transcript').scrollTop") < 5
+    assert page.is_visible("#jump-btn")
+    page.click("#jump-btn")
+    assert page.evaluate(at_bottom) and page.is_hidden("#jump-btn")
+    say(63)
+    assert page.evaluate(at_bottom), "following resumes at the bottom"
+    assert page.locator("#finals .line").count() == 64
+
+    fire(page, "stopped", {"session_id": "s9", "duration": 64.0, "transcript": "", "analysis": {}})
+    assert "ended" in page.inner_text("#watch-state")
+    assert not page.page_errors
+
+
+def test_errors_connection_changes_and_failover_are_shown_in_words(fake_page):
+    page = fake_page()
+    fire(page, "connect")
+    fire(page, "server_info", server_info(LOCAL_TINY_EN, CLOUD_ON))
+    fire(page, "error", {"code": "server_busy", "message": "8 sessions are running", "fatal": True})
+    alert = page.inner_text(".alert[data-code=server_busy]")
+    assert "The server is busy with other sessions" in alert and "8 sessions are running" in alert
+    fire(page, "error", {"code": "cloud_quota_exceeded", "message": "quota", "fatal": False})
+    assert "cloud transcription service" in page.inner_text(".alert[data-code=cloud_quota_exceeded]")
+
+    fire(page, "disconnect", "transport close")
+    assert page.inner_text("#conn-state") == "Reconnecting…"
+    assert page.get_attribute("#conn", "data-state") == "reconnecting"
+    assert page.is_disabled("#start-btn")
+    fire(page, "connect")
+    assert page.inner_text("#conn-state") == "Connected"
+    assert page.locator(".alert[data-key=connection]").count() == 0
+
+    fire(
+        page,
+        "backend_changed",
+        {"session_id": "s1", "from": "cloud", "to": "local", "reason": "cloud timeout", "at": 12.5},
+    )
+    assert page.inner_text("#status-backend") == "Local"
+    assert "Switched from the Cloud engine to the Local engine at 0:12" in page.inner_text("#alerts")
+    assert not page.page_errors
+
+
+# --- end to end against the real server -----------------------------------------------------
+
+TRAILING_SILENCE = 6.0
+
+
+def padded_wav(pcm: bytes, silence: float, path: Path) -> Path:
+    """A 16 kHz mono s16 WAV of ``pcm`` followed by ``silence`` seconds of digital silence."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(pcm + b"\x00\x00" * int(silence * 16000))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    try:
+        with live_server(log) as url:
+            yield url
+    finally:
+        if log.exists():
+            print(f"server log: {log}")
+
+
+# Installed before the page's scripts: records, with timestamps, when a non-empty grey
+# partial and the first final appeared, the partial's colour, and the peak input level.
+OBSERVER_JS = """
+window.__probe = {firstPartialAt: null, firstFinalAt: null, partialColor: null, finalColor: null,
+                  partialTexts: [], maxLevel: 0};
+document.addEventListener('DOMContentLoaded', () => {
+  const probe = window.__probe;
+  const partial = document.getElementById('partial');
+  const finals = document.getElementById('finals');
+  const level = document.getElementById('level');
+  new MutationObserver(() => {
+    const text = partial.textContent.trim();
+    if (!partial.hidden && text) {
+      if (probe.firstPartialAt === null) {
+        probe.firstPartialAt = performance.now();
+        probe.partialColor = getComputedStyle(partial).color;
+      }
+      if (probe.partialTexts.at(-1) !== text) probe.partialTexts.push(text);
+    }
+  }).observe(partial, {childList: true, subtree: true, characterData: true, attributes: true});
+  new MutationObserver(() => {
+    const first = finals.querySelector('.final-text');
+    if (first && probe.firstFinalAt === null) {
+      probe.firstFinalAt = performance.now();
+      // The settle animation starts grey: read the colour once it is over.
+      setTimeout(() => { probe.finalColor = getComputedStyle(first).color; }, 900);
+    }
+  }).observe(finals, {childList: true});
+  new MutationObserver(() => {
+    probe.maxLevel = Math.max(probe.maxLevel, Number(level.getAttribute('aria-valuenow')));
+  }).observe(level, {attributes: true, attributeFilter: ['aria-valuenow']});
+});
+"""
+
+
+def rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in re.findall(r"\d+", css)[:3])
+
+
+def page_finals(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#finals .final-text",
+        "els => els.map(e => ({id: Number(e.dataset.segmentId), text: e.textContent}))",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_live_captions_from_the_microphone_end_to_end(launch, server_url, tmp_path, en00):
+    from bench.wer import wer
+
+    reference, duration = en00.text, en00.duration
+    # Chromium loops the fake capture file. Trailing silence makes the stop point forgiving on
+    # a loaded machine: stopping anywhere in it sends the whole stream once and nothing more.
+    wav = padded_wav(en00.pcm, TRAILING_SILENCE, tmp_path / "capture.wav")
+    browser = launch(fake_audio=wav)
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    context.add_init_script(OBSERVER_JS)
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.goto(server_url + "/")
+
+    page.wait_for_function("window.livescribe && window.livescribe.connection === 'connected'", timeout=20000)
+    page.wait_for_selector("#start-btn:not([disabled])", timeout=20000)
+    assert page.inner_text("#conn-state") == "Connected"
+    # No cloud key in the test server's environment: cloud is greyed out, with the reason.
+    assert page.is_disabled("#backend-cloud")
+    assert "unavailable" in page.inner_text("#backend-hint").lower()
+    assert page.is_checked("#backend-local")
+
+    page.click("#start-btn")
+    page.wait_for_function("window.livescribe.state === 'running'", timeout=30000)
+    assert page.is_disabled("#backend-local"), "the engine toggle is locked while a session runs"
+    ready = page.evaluate("window.livescribe.session")
+    assert ready["backend"] == "local"
+
+    # A second page watches the session's room (read-only).
+    watcher = context.new_page()
+    watcher.goto(f"{server_url}/?room={ready['room']}")
+    watcher.wait_for_function("window.livescribe && window.livescribe.connection === 'connected'", timeout=20000)
+    assert watcher.is_hidden("#start-btn") and watcher.is_hidden("#session-card")
+    # Its status names the watched session's engine and device (from joined + server_info).
+    watcher.wait_for_function(
+        "(name) => document.getElementById('status-device').textContent.includes(name)",
+        arg=ready["device_name"],
+        timeout=10000,
+    )
+    assert "Local" in watcher.inner_text("#status-backend")
+
+    page.wait_for_function(
+        f"window.livescribe.audioSecondsSent >= {duration * 0.75}", timeout=(duration + 60) * 1000, polling=200
+    )
+    page.screenshot(path=str(tmp_path / "live-desktop.png"))
+    page.wait_for_function(f"window.livescribe.audioSecondsSent >= {duration + 1.5}", timeout=60000, polling=100)
+    page.click("#stop-btn")
+    page.wait_for_function("window.livescribe.state === 'idle'", timeout=120000)
+    sent = page.evaluate("window.livescribe.audioSecondsSent")
+    assert duration + 1.5 <= sent < duration + TRAILING_SILENCE, f"{sent:.2f} s sent: the file looped"
+    assert page.evaluate("window.livescribe.contextSampleRate") is None  # microphone released
+
+    # Finals match the reference.
+    finals = page_finals(page)
+    hypothesis = " ".join(f["text"] for f in finals)
+    error_rate = wer(reference, hypothesis)
+    print(f"WER {error_rate:.3f} over {len(finals)} finals; hypothesis: {hypothesis}")
+    assert finals, f"no finals on the page; console: {console[-20:]}"
+    assert error_rate < WER_BOUND, f"WER {error_rate:.3f} >= {WER_BOUND}: {hypothesis!r}"
+    assert [f["id"] for f in finals] == sorted(f["id"] for f in finals)
+
+    # A grey partial came first, and the partial was cleared at the end.
+    probe = page.evaluate("window.__probe")
+    assert probe["firstPartialAt"] is not None, "no partial was ever shown"
+    assert probe["firstPartialAt"] < probe["firstFinalAt"], "the first final arrived before any partial"
+    r, g, b = rgb(probe["partialColor"])
+    assert max(r, g, b) - min(r, g, b) < 40 and 90 < (r + g + b) / 3 < 200, f"partial not grey: {probe['partialColor']}"
+    assert rgb(probe["finalColor"]) != rgb(probe["partialColor"])
+    assert page.is_hidden("#partial")
+    assert probe["maxLevel"] > 40, "the input level meter never moved"
+
+    # Status at a glance.
+    assert "Local" in page.inner_text("#status-backend")
+    device = page.inner_text("#status-device")
+    assert ready["device_name"] and ready["device_name"] in device
+    assert ready["compute_type"] in device
+    assert page.inner_text("#status-model") == ready["model"]
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", page.inner_text("#status-latency"))
+    minutes, seconds = page.inner_text("#session-timer").split(":")
+    assert int(minutes) * 60 + int(seconds) >= int(duration) - 2
+
+    # The .srt download is well-formed and carries the page's finals.
+    with page.expect_download() as info:
+        page.click("#download-srt")
+    srt_path = tmp_path / info.value.suggested_filename
+    info.value.save_as(srt_path)
+    assert srt_path.suffix == ".srt"
+    srt_text = srt_path.read_text(encoding="utf-8")
+    cues = list(srt.parse(srt_text))
+    assert [c.index for c in cues] == list(range(1, len(cues) + 1))
+    # Cues are caption lines: finals grouped in order, nothing lost or repeated.
+    assert " ".join(c.content for c in cues) == " ".join(f["text"] for f in finals if f["text"])
+    assert 0 < len(cues) <= len(finals)
+    assert all(c.start <= c.end for c in cues)
+    assert all(a.start <= b.start for a, b in itertools.pairwise(cues))
+    assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n", srt_text)
+    assert cues[-1].end.total_seconds() <= duration + 0.5
+
+    # The watcher received the same finals (it joined a moment after `ready`, so it may
+    # lack the very first ones, never the rest) and saw the session end.
+    watcher.wait_for_function("document.getElementById('watch-state').textContent.includes('ended')", timeout=20000)
+    watched = page_finals(watcher)
+    assert watched, "the watch page received no finals"
+    first = watched[0]["id"]
+    assert watched == [f for f in finals if f["id"] >= first]
+    assert len(watched) >= len(finals) - 2
+    watcher.screenshot(path=str(tmp_path / "watch-desktop.png"))
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(tmp_path / "live-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal overflow at phone width"
+    assert not [c for c in console if c.startswith(("error", "pageerror"))], console
+    print(f"screenshots in {tmp_path}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("fake_device", "expected"),
+    [(True, "microphone access was blocked"), (False, "no microphone was found")],
+    ids=["permission-denied", "no-device"],
+)
+def test_microphone_failures_are_explained(launch, server_url, tmp_path, fake_device, expected):
+    # Without the fake-UI flag nothing grants the permission prompt: the request is refused.
+    browser = launch(fake_device=fake_device, fake_ui=False)
+    page = browser.new_page()
+    page.goto(server_url + "/")
+    page.wait_for_selector("#start-btn:not([disabled])", timeout=20000)
+    page.click("#start-btn")
+    alert = page.wait_for_selector(".alert[data-code='microphone']", timeout=20000)
+    assert expected in alert.inner_text().lower()
+    assert page.evaluate("window.livescribe.state") == "idle"
+    assert page.is_enabled("#start-btn"), "the user can try again"
+    page.screenshot(path=str(tmp_path / "mic-failure.png"))
+
+
+@pytest.mark.timeout(120)
+def test_server_refusal_is_shown_in_plain_words(launch, server_url, tmp_path, en00):
+    browser = launch(fake_audio=en00.path)
+    page = browser.new_page()
+    page.goto(server_url + "/")
+    page.wait_for_selector("#start-btn:not([disabled])", timeout=20000)
+    # Ask for a language the page does not offer (as a stale or tampered page might).
+    page.evaluate("""() => {
+        const select = document.getElementById('language');
+        select.disabled = false;
+        select.add(new Option('Klingon', 'tlh'));
+        select.value = 'tlh';
+    }""")
+    page.click("#start-btn")
+    alert = page.wait_for_selector(".alert[data-code='unsupported_language']", timeout=20000)
+    assert "cannot transcribe that language" in alert.inner_text()
+    page.wait_for_function("window.livescribe.state === 'idle'", timeout=10000)
+    assert page.evaluate("window.livescribe.contextSampleRate") is None  # microphone released
+
+
+def test_page_references_only_vendored_assets():
+    """The page works offline: every script and stylesheet comes from /static/."""
+    html = (REPO / "static" / "index.html").read_text()
+    for url in re.findall(r'(?:src|href)="([^"#]+)"', html):
+        if url.startswith("data:") or url == "/":
+            continue
+        assert url.startswith("/static/"), url
+        assert (REPO / url.lstrip("/")).is_file(), url
+    vendored = (REPO / "static" / "vendor" / "socket.io.min.js").read_text()[:200]
+    assert re.search(r"Socket\.IO v4\.\d+\.\d+", vendored)
+    assert (REPO / "static" / "vendor" / "socket.io-client.LICENSE").is_file()
+    assert Path(REPO / "static" / "worklet" / "pcm-worklet.js").is_file()
