@@ -45,6 +45,10 @@ SENTENCE_END = (".", "?", "!", "。", "？", "！")
 class PipelineOptions:
     step: float = 1.0  # seconds of new audio between decodes of an utterance
     first_step: float = 0.3  # seconds of speech before an utterance's first decode
+    # Young utterances are decoded more often: that is when a user waits for the first
+    # words, and short windows are the cheapest to decode.
+    early_step: float = 0.5
+    early_period: float = 3.0  # seconds of utterance during which ``early_step`` applies
     max_window: float = 15.0  # hard cap on the decoded window (seconds)
     sentence_trim: float = 8.0  # past this, trim the window at a committed sentence end
     vad: VadOptions = field(default_factory=VadOptions)
@@ -135,7 +139,9 @@ class StreamingPipeline(Stream):
         committed = self._agreement.insert(words)
         events += self._emit(committed)
         events += self._trim()
-        self._next_decode = self._total + int(self._p.step * SAMPLE_RATE)
+        young = self._total - self._speech_start < self._p.early_period * SAMPLE_RATE
+        step = min(self._p.step, self._p.early_step) if young else self._p.step
+        self._next_decode = self._total + int(step * SAMPLE_RATE)
         return events
 
     def _finish(self, end: int, speech_end: int | None = None) -> list[Event]:
