@@ -94,10 +94,17 @@ class FileJobs:
                 job.started_at = time.monotonic()
                 self._current = job
             try:
-                job.result = self.runtime.run_blocking(job.fn)
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which re-raises it
-                job.error = exc
+                job.result, job.error = self.runtime.run_blocking(_capture, job.fn)
             finally:
                 with self._lock:
                     self._current = None
                 job.done.put(True)
+
+
+def _capture(fn: Callable[[], Any]) -> tuple[Any, Exception | None]:
+    # Return the exception rather than raise it across the thread boundary: gevent's
+    # threadpool would print every expected failure (a bad upload) as a crash.
+    try:
+        return fn(), None
+    except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which re-raises it
+        return None, exc

@@ -171,7 +171,9 @@ def transcribe_file():
         return _error(503, exc.code, exc.message)
     except InvalidAudio as exc:
         metrics.on_file(0.0, 0.0, ok=False)
-        return _error(400, "invalid_audio", f"{name}: {exc.message}")
+        # FFmpeg names the input it failed on, which for an upload is a nameless stream.
+        reason = re.sub(r": '?None'?$", "", exc.message)
+        return _error(400, "invalid_audio", f"{name}: {reason}")
     except TranscriptionError as exc:
         metrics.on_file(0.0, 0.0, ok=False)
         logger.warning("file %s: %s (%s)", name, exc.message, exc.code)

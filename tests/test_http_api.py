@@ -95,6 +95,7 @@ def test_bad_requests(app, clip_wav: bytes):
 
     garbage = error(post(client, b"RIFF\x00\x00\x00\x00WAVEjunk" * 100, name="noise.wav"), 400)
     assert garbage["code"] == "invalid_audio" and garbage["message"].startswith("noise.wav: could not decode audio")
+    assert "None" not in garbage["message"]
     text = error(post(client, b"hello, this is a text file\n", name="notes.txt"), 400)
     assert text["code"] == "invalid_audio"
     assert error(client.post("/api/transcribe", data={"other": "x"}), 400)["code"] == "invalid_request"
