@@ -29,6 +29,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import importlib.util
 import logging
@@ -138,6 +139,7 @@ _MAX_FRAME_BYTES = 16000  # 0.5 s of pcm_s16le per AddAudio frame
 _LIVENESS_INTERVAL = 0.25  # seconds between checks that the connection is still up
 _THREAD_JOIN_TIMEOUT = 5.0
 _END = object()  # inbox marker: send EndOfStream
+_CLOSE = object()  # inbox marker: stop and close the connection
 
 
 @dataclass(frozen=True)
@@ -172,11 +174,19 @@ def cloud_error(error_type: str | None, reason: str | None = None) -> CloudError
 
 
 def _native_thread_api() -> tuple[Callable[..., Any], Callable[[], Any]]:
-    """``(start_new_thread, allocate_lock)`` that are native even under gevent monkey patching."""
+    """``(start_new_thread, allocate_lock)`` that stay native under gevent or eventlet monkey
+    patching (both replace ``_thread``'s with green versions)."""
     if "gevent.monkey" in sys.modules:
         from gevent import monkey
 
-        return monkey.get_original("_thread", "start_new_thread"), monkey.get_original("_thread", "allocate_lock")
+        original = monkey.get_original("_thread", ["start_new_thread", "allocate_lock"])
+        return original[0], original[1]
+    if "eventlet.patcher" in sys.modules:
+        from eventlet import patcher
+
+        if patcher.is_monkey_patched("thread"):
+            native = patcher.original("_thread")
+            return native.start_new_thread, native.allocate_lock
     return _thread.start_new_thread, _thread.allocate_lock
 
 
@@ -212,6 +222,23 @@ class _Notifier:
             with self.lock:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+
+class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The stream loop's default executor: runs its blocking helpers (``getaddrinfo`` when
+    connecting) in the loop thread itself, which only ever serves this one connection.
+
+    asyncio's own default starts ``threading`` threads: under gevent monkey patching those are
+    greenlets of the loop thread's hub, and ``concurrent.futures`` joins them at interpreter
+    exit, which hangs once the loop thread is gone."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            future.set_exception(exc)
+        return future
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:
@@ -266,8 +293,8 @@ class CloudStream(Stream):
         self._fed_samples = 0
         self._acked_samples = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
         self._finished = False
+        self._closing = False
         # --- caller thread only ---
         self._committed_until = 0.0
         self._flushed = False
@@ -350,16 +377,24 @@ class CloudStream(Stream):
         return self._take_events()
 
     def close(self) -> None:
+        """Ask the loop thread to close the connection and end; returns at once (it may be
+        called on an event loop), :meth:`wait_closed` waits for the thread."""
         if self._closed:
             return
         self._closed = True
         with self._state.lock:
-            loop, task = self._loop, self._task
-        if loop is not None and task is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(task.cancel)
-        if not self._thread_done.acquire(True, _THREAD_JOIN_TIMEOUT):
-            logger.warning("the Speechmatics client thread did not stop within %.0f s", _THREAD_JOIN_TIMEOUT)
+            self._closing = True
+            self._state.notify_all()
+        # Asked, not cancelled: the loop thread closes the connection properly (a close
+        # interrupted by a cancellation can leave the socket open). Its every wait is bounded.
+        self._post(_CLOSE)
+
+    def wait_closed(self, timeout: float = _THREAD_JOIN_TIMEOUT) -> bool:
+        """Wait until the loop thread has ended (after :meth:`close`); False on timeout."""
+        if self._thread_done.acquire(True, timeout):
+            self._thread_done.release()
+            return True
+        return False
 
     def _wait_for_room(self) -> None:
         """Flow control: wait while ``max_unacked_seconds`` are outstanding; fail when no
@@ -369,9 +404,11 @@ class CloudStream(Stream):
             with self._state.lock:
                 acked = self._acked_samples
             room = self._state.wait_for(
-                lambda: self._failure is not None
-                or self._fed_samples - self._acked_samples < bound
-                or self._acked_samples != acked,
+                lambda: (
+                    self._failure is not None
+                    or self._fed_samples - self._acked_samples < bound
+                    or self._acked_samples != acked  # noqa: B023 - evaluated before acked changes
+                ),
                 self._options.ack_timeout,
             )
             with self._state.lock:
@@ -381,7 +418,7 @@ class CloudStream(Stream):
             if not room or not progressed:
                 self._fail(
                     CloudError(
-                        f"Speechmatics acknowledged no audio for {self._options.ack_timeout:.0f} s"
+                        f"Speechmatics acknowledged no audio for {self._options.ack_timeout:g} s"
                         f" ({(self._fed_samples - acked) / SAMPLE_RATE:.1f} s outstanding)",
                         code="cloud_timeout",
                     )
@@ -436,13 +473,19 @@ class CloudStream(Stream):
         loop = asyncio.new_event_loop()
         try:
             asyncio.set_event_loop(loop)
+            loop.set_default_executor(_InlineExecutor(max_workers=1))
             self._inbox: asyncio.Queue[object] = asyncio.Queue()
             self._eot_event = asyncio.Event()
             task = loop.create_task(self._session())
             with self._state.lock:
-                self._loop, self._task = loop, task
+                self._loop = loop
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(task)
+            # As asyncio.run() does: let what the connection left behind finish.
+            leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for leftover in leftovers:
+                leftover.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
         except Exception as exc:  # a bug: never let the thread die silently
             logger.exception("Speechmatics client thread failed")
             self._fail(CloudError(f"the Speechmatics client failed: {exc}", code="cloud_error"))
@@ -498,7 +541,7 @@ class CloudStream(Stream):
                     ),
                     options.connect_timeout,
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the vendor boundary: mapped to a CloudError
                 self._fail(self._start_error(exc))
                 return
             with self._state.lock:
@@ -506,8 +549,10 @@ class CloudStream(Stream):
                 self._state.notify_all()
             await self._pump(client)
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await client.close()
+            except Exception:
+                logger.debug("closing the Speechmatics client failed", exc_info=True)
 
     async def _pump(self, client: Any) -> None:
         """Forward the caller's audio until EndOfStream was answered, or a failure."""
@@ -517,7 +562,7 @@ class CloudStream(Stream):
                 if get is None:
                     get = asyncio.ensure_future(self._inbox.get())
                 done, _ = await asyncio.wait({get}, timeout=_LIVENESS_INTERVAL)
-                if self._failure is not None:
+                if self._failure is not None or self._closing:
                     return
                 if not done:
                     if _connection_closed(client):
@@ -528,6 +573,8 @@ class CloudStream(Stream):
                 get = None
                 while not self._inbox.empty():
                     items.append(self._inbox.get_nowait())
+                if _CLOSE in items:
+                    return
                 buffer = bytearray()
                 for item in items:
                     if isinstance(item, bytes):
@@ -556,7 +603,7 @@ class CloudStream(Stream):
             self._unacked.append((self._seq, self._sent_samples))
             try:
                 await client.send_audio(frame)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - mapped to a CloudError
                 await self._fail_after_send_error(client, exc)
                 return False
         return True
@@ -566,11 +613,11 @@ class CloudStream(Stream):
         # counter follows the last AudioAdded received.
         try:
             await client.send_message({"message": "EndOfStream", "last_seq_no": self._seq})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - mapped to a CloudError
             await self._fail_after_send_error(client, exc)
             return
         assert self._eot_event is not None
-        while not self._eot_event.is_set() and self._failure is None:
+        while not self._eot_event.is_set() and self._failure is None and not self._closing:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._eot_event.wait(), _LIVENESS_INTERVAL)
             if not self._eot_event.is_set() and _connection_closed(client):
@@ -647,7 +694,9 @@ class CloudStream(Stream):
         if text == self._partial:
             return
         self._partial = text
-        self._push(Partial(text=text, start=float(metadata.get("start_time", 0.0)), end=float(metadata.get("end_time", 0.0))))
+        self._push(
+            Partial(text=text, start=float(metadata.get("start_time", 0.0)), end=float(metadata.get("end_time", 0.0)))
+        )
 
     def _on_final(self, message: dict[str, Any]) -> None:
         metadata = message.get("metadata") or {}
