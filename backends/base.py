@@ -77,6 +77,8 @@ class DecodeResult:
     language: str
     language_probability: float
     duration: float
+    # When the language was detected: the most likely languages, best first.
+    language_probs: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -281,12 +281,13 @@ class LocalBackend(DecoderBackend):
             encoder_output = model.encode(padded)
 
             language, language_probability = options.language, 1.0
+            language_probs: tuple[tuple[str, float], ...] = ()
             if not self._multilingual:
                 language = "en"
             elif language is None:
                 (ranked,) = model.model.detect_language(encoder_output)
-                token, language_probability = ranked[0]
-                language = token[2:-2]
+                language_probs = tuple((token[2:-2], float(p)) for token, p in ranked[:5])
+                language, language_probability = language_probs[0]
 
             tokenizer = Tokenizer(model.hf_tokenizer, self._multilingual, task=options.task, language=language)
             previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
@@ -339,6 +340,7 @@ class LocalBackend(DecoderBackend):
             language=language or "en",
             language_probability=float(language_probability),
             duration=float(len(audio) / SAMPLE_RATE),
+            language_probs=language_probs,
         )
 
     def _transcription_options(self, tokenizer: Any, options: DecodeOptions) -> Any:

@@ -62,6 +62,7 @@ class PipelineOptions:
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
     language_threshold: float = 0.5  # detection probability that locks an "auto" language
+    language_max_wait: float = 6.0  # seconds of decoded windows after which the best guess locks
     beam_size: int = 1
 
 
@@ -73,7 +74,11 @@ class StreamingPipeline(Stream):
     """One session's local transcription stream (times: seconds since the first sample)."""
 
     def __init__(
-        self, decoder: DecoderBackend, options: StreamOptions, pipeline: PipelineOptions | None = None
+        self,
+        decoder: DecoderBackend,
+        options: StreamOptions,
+        pipeline: PipelineOptions | None = None,
+        vad: VoiceActivityDetector | None = None,
     ) -> None:
         self._decoder = decoder
         self._options = options
@@ -81,7 +86,9 @@ class StreamingPipeline(Stream):
         info = decoder.info()
         self._language: str | None = options.language if info.multilingual else "en"
         self._language_locked = self._language is not None
-        self._vad = VoiceActivityDetector(self._p.vad)
+        self._language_evidence: dict[str, float] = {}  # language -> probability x seconds
+        self._language_seconds = 0.0  # window seconds decoded while detecting
+        self._vad = vad or VoiceActivityDetector(self._p.vad)
         self._pad = int(self._p.vad.speech_pad * SAMPLE_RATE)
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0  # stream sample of self._buffer[0]
@@ -120,6 +127,11 @@ class StreamingPipeline(Stream):
         if self._window_start is None:
             return []
         return self._finish(self._total)
+
+    @property
+    def buffered_seconds(self) -> float:
+        """Audio held in memory (bounded by the window cap plus a step)."""
+        return len(self._buffer) / SAMPLE_RATE
 
     @property
     def committed_until(self) -> float:
@@ -170,8 +182,6 @@ class StreamingPipeline(Stream):
             self._partial = ""
             events.append(Partial(text="", start=end / SAMPLE_RATE, end=end / SAMPLE_RATE))
         events.append(SpeechActivity(start=self._speech_start / SAMPLE_RATE, end=end / SAMPLE_RATE))
-        if not self._language_locked and self._language is not None:
-            self._lock_language(self._language, 0.0, events)
         self._committed_until = end / SAMPLE_RATE
         self._window_start = None
         self._last_words, self._last_decoded, self._last_silent = [], 0, False
@@ -207,9 +217,9 @@ class StreamingPipeline(Stream):
         )
         self.decodes += 1
         events: list[Event] = []
-        if not self._language_locked:
-            self._detect_language(result, events)
         words, silent = self._words(result, offset, len(audio) / SAMPLE_RATE)
+        if not self._language_locked and words:
+            self._detect_language(result, events)
         return words, silent, events
 
     def _words(self, result: DecodeResult, offset: float, duration: float) -> tuple[list[Word], bool]:
@@ -241,9 +251,19 @@ class StreamingPipeline(Stream):
         return drop_repetitions(words), silent
 
     def _detect_language(self, result: DecodeResult, events: list[Event]) -> None:
-        self._language = result.language
+        """Lock on a confident detection; otherwise accumulate evidence (probability x window
+        length, as longer windows are more reliable) and lock on the best after a while."""
         if result.language_probability >= self._p.language_threshold:
             self._lock_language(result.language, result.language_probability, events)
+            return
+        ranked = result.language_probs or ((result.language, result.language_probability),)
+        for language, probability in ranked:
+            evidence = self._language_evidence.get(language, 0.0)
+            self._language_evidence[language] = evidence + probability * result.duration
+        self._language_seconds += result.duration
+        if self._language_seconds >= self._p.language_max_wait:
+            best = max(self._language_evidence, key=self._language_evidence.__getitem__)
+            self._lock_language(best, self._language_evidence[best] / self._language_seconds, events)
 
     def _lock_language(self, language: str, probability: float, events: list[Event]) -> None:
         self._language = language

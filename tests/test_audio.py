@@ -46,9 +46,17 @@ def test_memoryview_and_bytearray_are_binary():
     assert len(decode_pcm(bytearray(pcm))) == 4
 
 
-@pytest.mark.parametrize(("rate", "code"), [(0, "invalid_sample_rate"), (7999, "invalid_sample_rate"),
-                                            (192001, "invalid_sample_rate"), ("16k", "invalid_sample_rate"),
-                                            (True, "invalid_sample_rate"), (16000.5, "invalid_sample_rate")])
+@pytest.mark.parametrize(
+    ("rate", "code"),
+    [
+        (0, "invalid_sample_rate"),
+        (7999, "invalid_sample_rate"),
+        (192001, "invalid_sample_rate"),
+        ("16k", "invalid_sample_rate"),
+        (True, "invalid_sample_rate"),
+        (16000.5, "invalid_sample_rate"),
+    ],
+)
 def test_audio_format_rejects_absurd_rates(rate, code):
     with pytest.raises(InvalidRequest) as raised:
         AudioFormat.parse(rate, None)

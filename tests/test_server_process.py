@@ -148,7 +148,7 @@ def test_two_sessions_a_watcher_and_a_responsive_loop(server_url: str, en00: Fix
         speaker_a.sio.emit("stop")
         speaker_b.sio.emit("stop")
         stopped_a = speaker_a.wait_for("stopped", timeout=90)[0]
-        stopped_b = speaker_b.wait_for("stopped", timeout=90)[0]
+        speaker_b.wait_for("stopped", timeout=90)[0]
         watcher.wait_for("stopped", timeout=10)
 
         finals_a, finals_b = speaker_a.named("final"), speaker_b.named("final")

@@ -124,7 +124,9 @@ def test_owner_disconnect_still_finalises_for_watchers(socketio, app, en00: Fixt
     owner.client.disconnect()
     stopped = watcher.wait_for("stopped", timeout=60)[0]
     assert stopped["duration"] == pytest.approx(9.3, abs=0.05)
-    assert wer("Deactivated. Press 1 for Please enter your phone number, starting with the", stopped["transcript"]) < 0.35
+    assert (
+        wer("Deactivated. Press 1 for Please enter your phone number, starting with the", stopped["transcript"]) < 0.35
+    )
 
 
 def test_resampled_float_input(socketio, app, en00: Fixture):

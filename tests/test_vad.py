@@ -35,7 +35,7 @@ def test_utterances_match_the_reference_times(en00: Fixture):
     for utterance in en00.reference["utterances"]:
         # Every reference phrase begins within 0.15 s of a detected start or inside speech.
         assert any(abs(s - utterance["start"]) < 0.15 for s in starts) or any(
-            s < utterance["start"] < e for s, e in zip(starts, ends)
+            s < utterance["start"] < e for s, e in zip(starts, ends, strict=False)
         ), utterance
         # ... and is over by the time speech is declared ended.
         assert any(abs(e - utterance["end"]) < 0.3 for e in ends), utterance
