@@ -23,10 +23,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from server.logs import configure_logging
+
+    configure_logging(config.log_level)
     logger = logging.getLogger("server")
 
     from backends.errors import ConfigurationError

@@ -41,6 +41,7 @@ from backends.errors import (
 from backends.registry import backend_class
 from server.audio import AudioFormat, Resampler, decode_pcm
 from server.config import Config
+from server.logs import SESSION, in_session
 from server.pipeline import StreamingPipeline
 from server.protocol import final_payload, language_payload, parse_start, partial_payload
 from server.runtime import Runtime
@@ -255,6 +256,7 @@ class SessionManager:
 
     def _worker(self, session: Session) -> None:
         """Drain the queue in order; batch whatever piled up while the last decode ran."""
+        SESSION.set(session.id)  # this worker's log lines (greenlet/thread-local context)
         try:
             while True:
                 items = [session.queue.get()]
@@ -287,7 +289,7 @@ class SessionManager:
         if not isinstance(self.backends.get(session.backend), DecoderBackend):
             session.retained.append(audio)
         try:
-            events = self.runtime.run_blocking(session.stream.feed, audio)
+            events = self._blocking(session, session.stream.feed, audio)
         except TranscriptionError as exc:
             events = self._recover(session, exc, start, start + len(audio))
         session.processed += len(audio)
@@ -296,11 +298,11 @@ class SessionManager:
 
     def _flush(self, session: Session) -> None:
         try:
-            events = self.runtime.run_blocking(session.stream.flush)
+            events = self._blocking(session, session.stream.flush)
         except TranscriptionError as exc:
             events = self._recover(session, exc, session.processed, session.processed)
             if session.backend == "local":
-                events += self.runtime.run_blocking(session.stream.flush)
+                events += self._blocking(session, session.stream.flush)
         self._dispatch(session, events)
 
     def _recover(self, session: Session, exc: TranscriptionError, start: int, end: int) -> list[Event]:
@@ -354,7 +356,11 @@ class SessionManager:
         self._notify("failover", session, exc)
         audio = self._retained_since(session, round(resume_at * SAMPLE_RATE))
         session.retained, session.retained_from = [], 0
-        return self.runtime.run_blocking(session.stream.feed, audio) if audio.size else []
+        return self._blocking(session, session.stream.feed, audio) if audio.size else []
+
+    def _blocking(self, session: Session, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a stream call on a native thread, logging under the session's id."""
+        return self.runtime.run_blocking(in_session(session.id, fn), *args)
 
     def _retained_since(self, session: Session, sample: int) -> np.ndarray:
         if not session.retained:
@@ -421,7 +427,11 @@ class SessionManager:
         session.done.set()
         logger.info("session %s stopped: %.1f s of audio, %d finals", session.id, session.duration, len(session.finals))
 
-    def _notify(self, kind: str, session: Session, detail: Any) -> None:
+    def report_error(self, sid: str, error: TranscriptionError) -> None:
+        """An error answered to a client outside a session worker (metrics count it)."""
+        self._notify("error", self._by_owner.get(sid), error)
+
+    def _notify(self, kind: str, session: Session | None, detail: Any) -> None:
         for listener in self.listeners:
             try:
                 listener(kind, session, detail)

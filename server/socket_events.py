@@ -22,25 +22,26 @@ from server.sessions import SessionManager
 logger = logging.getLogger(__name__)
 
 
-def _reports_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(handler)
-    def wrapper(*args: Any) -> Any:
-        try:
-            return handler(*args)
-        except TranscriptionError as exc:
-            emit("error", exc.to_payload())
-        except Exception:
-            logger.exception("handler %s failed", handler.__name__)
-            emit(
-                "error", TranscriptionError(f"internal error in '{handler.__name__}'; see the server log").to_payload()
-            )
-        return None
-
-    return wrapper
-
-
 def register_socket_events(socketio: SocketIO, manager: SessionManager, server_info: Callable[[], dict]) -> None:
     """Attach the protocol v1 handlers to ``socketio``."""
+
+    def _reports_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Answer a handler's failure with one ``error`` event; the connection goes on."""
+
+        @functools.wraps(handler)
+        def wrapper(*args: Any) -> Any:
+            try:
+                return handler(*args)
+            except TranscriptionError as exc:
+                error = exc
+            except Exception:
+                logger.exception("handler %s failed", handler.__name__)
+                error = TranscriptionError(f"internal error in '{handler.__name__}'; see the server log")
+            manager.report_error(request.sid, error)
+            emit("error", error.to_payload())
+            return None
+
+        return wrapper
 
     @socketio.on("connect")
     def on_connect(auth: Any = None) -> None:
