@@ -279,6 +279,7 @@ class CloudStream(Stream):
     def __init__(self, options: CloudBackendOptions, language: str, announce_language: str | None = None) -> None:
         self._options = options
         self._language = language
+        self._assumed_language = announce_language
         start_new_thread, allocate_lock = _native_thread_api()
         self._state = _Notifier(allocate_lock)
         # --- shared with the loop thread, guarded by self._state.lock ---
@@ -317,6 +318,11 @@ class CloudStream(Stream):
     def language(self) -> str:
         """The Speechmatics language code the session runs in."""
         return self._language
+
+    @property
+    def assumed_language(self) -> str | None:
+        """Our code of the language a session without one runs in (None: it named one)."""
+        return self._assumed_language
 
     @property
     def committed_until(self) -> float:

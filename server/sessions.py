@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,7 @@ class Session:
     retained: list[np.ndarray] = field(default_factory=list)
     retained_from: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    failed: bool = False  # a backend failure that could not be recovered ended the session
 
     @property
     def duration(self) -> float:
@@ -152,7 +153,7 @@ class SessionManager:
                 code="server_busy",
             )
         # Opening may block (a cloud handshake): do it on a native thread.
-        stream = self.runtime.run_blocking(self._open_stream, backend, options)
+        stream = self._call_blocking(self._open_stream, backend, options)
         session_id = uuid.uuid4().hex
         session = Session(
             id=session_id,
@@ -164,7 +165,11 @@ class SessionManager:
             stream=stream,
             resampler=Resampler(request.audio.sample_rate),
             queue=self.runtime.queue(),
-            language=request.language or (None if info.multilingual else "en"),
+            # A backend that cannot detect the language (Speechmatics real-time) runs a session
+            # without one in a language it assumes: ready says which, not "auto".
+            language=request.language
+            or getattr(stream, "assumed_language", None)
+            or (None if info.multilingual else "en"),
         )
         self._sessions[session_id] = session
         self._by_owner[sid] = session
@@ -268,9 +273,10 @@ class SessionManager:
                 chunks = [item for item in items if item is not _STOP]
                 if chunks:
                     self._feed(session, np.concatenate(chunks))
-                if any(item is _STOP for item in items):
+                if session.failed or any(item is _STOP for item in items):
                     break
-            self._flush(session)
+            if not session.failed:  # a failed stream has nothing left to flush
+                self._flush(session)
         except Exception:
             logger.exception("session %s: worker failed", session.id)
             self._error(
@@ -308,12 +314,29 @@ class SessionManager:
     def _recover(self, session: Session, exc: TranscriptionError, start: int, end: int) -> list[Event]:
         """Fail over to the local backend, or report the audio span the failure cost."""
         local = self.backends.get("local")
+        # The local model continues in the language the session ran in (the cloud's assumed
+        # one for "auto"), and only if it can: an English-only model must not take over a
+        # French session and turn it into English gibberish.
+        local_options = replace(session.options, language=session.options.language or session.language)
         can_fail_over = (
-            session.backend != "local" and self.config.cloud.failover and local is not None and local.info().available
+            session.backend != "local"
+            and self.config.cloud.failover
+            and local is not None
+            and local.info().available
+            and _supports(local, local_options)
         )
         if not can_fail_over:
             committed = session.offset + session.stream.committed_until
             lost_from = min(committed, start / SAMPLE_RATE) if session.backend != "local" else start / SAMPLE_RATE
+            fatal = exc.fatal
+            if session.backend != "local":
+                # A cloud stream stays failed: end the session with one fatal error naming all
+                # the audio it cost, instead of failing (and reporting) again on every chunk.
+                # Stopping first refuses audio from now on, so the span below is complete.
+                session.state = "stopping"
+                session.failed = True
+                end = max(end, session.accepted)
+                fatal = True
             logger.warning("session %s: %s (%s)", session.id, exc.message, exc.code)
             self._error(
                 session,
@@ -321,7 +344,7 @@ class SessionManager:
                     f"{exc.message}; audio from {lost_from:.2f} s to {max(end, start) / SAMPLE_RATE:.2f} s"
                     " was not transcribed",
                     code=exc.code,
-                    fatal=exc.fatal,
+                    fatal=fatal,
                 ),
             )
             return []
@@ -338,9 +361,19 @@ class SessionManager:
         except Exception:
             logger.debug("closing the failed stream raised", exc_info=True)
         previous = session.backend
-        session.stream = self._open_stream(local, session.options)
+        session.stream = self._open_stream(local, local_options)
         session.backend = "local"
-        session.offset = resume_at
+        # The local stream's time 0 is the first re-fed sample: committed_until, unless the
+        # retained audio was cut at MAX_RETAINED_SECONDS after it (that audio is lost).
+        first = max(round(resume_at * SAMPLE_RATE), session.retained_from)
+        if first > round(resume_at * SAMPLE_RATE):
+            logger.warning(
+                "session %s: audio from %.2f s to %.2f s was no longer retained and is not transcribed",
+                session.id,
+                resume_at,
+                first / SAMPLE_RATE,
+            )
+        session.offset = first / SAMPLE_RATE
         self.emit(
             "backend_changed",
             {
@@ -354,13 +387,22 @@ class SessionManager:
             session.room,
         )
         self._notify("failover", session, exc)
-        audio = self._retained_since(session, round(resume_at * SAMPLE_RATE))
+        audio = self._retained_since(session, first)
         session.retained, session.retained_from = [], 0
         return self._blocking(session, session.stream.feed, audio) if audio.size else []
 
     def _blocking(self, session: Session, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a stream call on a native thread, logging under the session's id."""
-        return self.runtime.run_blocking(in_session(session.id, fn), *args)
+        return self._call_blocking(in_session(session.id, fn), *args)
+
+    def _call_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``runtime.run_blocking`` that re-raises ``fn``'s exception here: returned rather than
+        raised across the thread boundary, where gevent's threadpool would print every expected
+        failure (a cloud drop, a refused key) as a crash."""
+        value, error = self.runtime.run_blocking(_capture, fn, *args)
+        if error is not None:
+            raise error
+        return value
 
     def _retained_since(self, session: Session, sample: int) -> np.ndarray:
         if not session.retained:
@@ -437,3 +479,18 @@ class SessionManager:
                 listener(kind, session, detail)
             except Exception:
                 logger.exception("session listener failed on %s", kind)
+
+
+def _capture(fn: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(*args), None
+    except Exception as exc:  # noqa: BLE001 - re-raised by the caller, on its own thread
+        return None, exc
+
+
+def _supports(backend: Backend, options: StreamOptions) -> bool:
+    try:
+        backend.validate(options)
+    except TranscriptionError:
+        return False
+    return True
