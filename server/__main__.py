@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (systemd, docker, kill) takes the same path as Ctrl-C: stop serving, finish
+    # the running sessions so their last finals reach the rooms, exit 0.
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         local.device_name,
         local.compute_type,
     )
+    if config.async_mode == "gevent":
+        import gevent
+
+        # A Python signal handler would run in gevent's hub and print the interrupt as a
+        # crash; gevent's own handler runs in a greenlet and stops the server cleanly.
+        gevent.signal_handler(signal.SIGTERM, context.socketio.stop)
+    else:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         context.socketio.run(app, host=config.host, port=config.port, log_output=False, allow_unsafe_werkzeug=True)
     except KeyboardInterrupt:
         pass
     finally:
+        logger.info("shutting down: finishing %d session(s)", len(context.sessions.active()))
         context.sessions.shutdown()
     return 0
 

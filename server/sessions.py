@@ -386,6 +386,9 @@ class SessionManager:
             },
             session.room,
         )
+        # The cloud's last partial covered audio the local model is about to redo: clear it.
+        at = round(resume_at, 3)
+        self.emit("partial", {"session_id": session.id, "text": "", "start": at, "end": at}, session.room)
         self._notify("failover", session, exc)
         audio = self._retained_since(session, first)
         session.retained, session.retained_from = [], 0

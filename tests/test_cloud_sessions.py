@@ -242,6 +242,9 @@ def check_failover(events: list[tuple[str, dict]], clip: Fixture, session_id: st
     assert (changed["from"], changed["to"], changed["code"]) == ("cloud", "local", "cloud_connection_lost")
     assert changed["reason"]
     at = changed["at"]
+    # The cloud's last partial is cleared right after the switch.
+    next_partial = next(payload for name, payload in events[switch:] if name == "partial")
+    assert next_partial["text"] == "" and next_partial["start"] == at
     finals = [payload for name, payload in events if name == "final"]
     before = [payload for name, payload in events[:switch] if name == "final"]
     after = [payload for name, payload in events[switch:] if name == "final"]
@@ -299,7 +302,7 @@ def test_dropped_connection_fails_over_to_local_without_losing_words(serve, clip
     watcher.wait_for("stopped", timeout=10)
 
     assert client.named("error") == []  # recovered: the client only hears of the switch
-    events = [(e.name, e.data) for e in client.events if e.name in ("final", "backend_changed")]
+    events = [(e.name, e.data) for e in client.events if e.name in ("final", "backend_changed", "partial")]
     check_failover(events, clip, ready["session_id"])
     assert stopped["transcript"] == finals_text(client.named("final"))
     assert stopped["duration"] == pytest.approx(CLIP_END, abs=0.01)
@@ -453,7 +456,7 @@ def test_failover_in_a_gevent_server_process(clip: Fixture):
     assert client.named("error") == []
     assert any(p["text"] for p in client.named("partial"))
     with client._lock:
-        events = [(name, data) for _, name, data in client.events if name in ("final", "backend_changed")]
+        events = [(name, data) for _, name, data in client.events if name in ("final", "backend_changed", "partial")]
     check_failover(events, clip, ready["session_id"])
     assert stopped["transcript"] == finals_text(client.named("final"))
     assert fake.sessions[0].dropped and fake.sessions[0].violations == []

@@ -61,9 +61,11 @@ def run_server(*args: str) -> Iterator[str]:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            returncode = process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+            raise AssertionError("the server did not stop within 30 s of SIGTERM") from None
+        assert returncode == 0, f"SIGTERM should stop the server cleanly, exit code {returncode}"
 
 
 @pytest.fixture(scope="module")
