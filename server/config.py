@@ -117,7 +117,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     def option(flag: str, var: str, default, help: str, type=str, **kwargs) -> None:  # noqa: A002
         raw = env.get(var)
-        value = type(raw) if raw not in (None, "") else default
+        try:
+            value = type(raw) if raw not in (None, "") else default
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"environment variable {var}={raw!r} is not valid for {flag}: {exc}")
         parser.add_argument(flag, default=value, type=type, help=f"{help} [env {var}]", **kwargs)
 
     parser.add_argument_group("server")
