@@ -47,7 +47,7 @@ class PipelineOptions:
     first_step: float = 0.3  # seconds of speech before an utterance's first decode
     # Young utterances are decoded more often: that is when a user waits for the first
     # words, and short windows are the cheapest to decode.
-    early_step: float = 0.5
+    early_step: float = 0.75
     early_period: float = 3.0  # seconds of utterance during which ``early_step`` applies
     max_window: float = 15.0  # hard cap on the decoded window (seconds)
     sentence_trim: float = 8.0  # past this, trim the window at a committed sentence end
