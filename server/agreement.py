@@ -53,8 +53,13 @@ class LocalAgreement:
         self._previous: list[Word] = []  # the previous hypothesis' uncommitted words
 
     def _fresh(self, words: Sequence[Word]) -> list[Word]:
-        """Drop words already committed: timed before the last commit, or the same n-gram."""
-        fresh = [w for w in words if w.start >= self.committed_end - self.tolerance]
+        """Drop words already committed: centred before the last commit, or the same n-gram.
+
+        The midpoint, not the start: word timings move by 0.1-0.2 s between decodes, which
+        is enough to push the start of the first new word before the commit boundary (it
+        lost "urgent" in "remove the | urgent status"), but rarely a whole word's centre.
+        """
+        fresh = [w for w in words if (w.start + w.end) / 2 >= self.committed_end - self.tolerance / 2]
         # A word straddling the commit boundary may come back with a shifted start; if the
         # hypothesis begins with the last committed 1..5 words, those are repeats.
         keys = [word_key(w.text) for w in fresh]
