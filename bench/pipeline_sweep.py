@@ -49,13 +49,22 @@ def parse_sets(items: list[str]) -> list[dict[str, float]]:
     return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
 
 
+def _with(options, path: list[str], value: float):
+    """``options`` with the (possibly nested, ``vad.min_silence``) field set, typed like it."""
+    field = {f.name: f for f in dataclasses.fields(options)}[path[0]]
+    if len(path) > 1:
+        return dataclasses.replace(options, **{path[0]: _with(getattr(options, path[0]), path[1:], value)})
+    typed = int(value) if field.type in ("int", int) else bool(value) if field.type in ("bool", bool) else value
+    return dataclasses.replace(options, **{path[0]: typed})
+
+
 def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: float) -> dict:
     from backends.base import Final, StreamOptions
     from server.pipeline import PipelineOptions, StreamingPipeline
 
-    fields = {f.name: f.type for f in dataclasses.fields(PipelineOptions)}
-    typed = {k: (int(v) if fields.get(k) in ("int", int) else v) for k, v in overrides.items()}
-    options = dataclasses.replace(PipelineOptions(), **typed)
+    options = PipelineOptions()
+    for name, value in overrides.items():
+        options = _with(options, name.split("."), value)
     pairs, decodes, audio_seconds = [], 0, 0.0
     started_cpu, started = cpu_seconds(), time.monotonic()
     for path in files:
@@ -83,7 +92,9 @@ def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline_sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, default=DEFAULT_FILES, help="WAVs with a JSON reference beside")
-    parser.add_argument("--set", action="append", default=[], help="PipelineOptions field=v1,v2,... (repeatable)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="PipelineOptions field=v1,v2,... (repeatable; vad.min_silence=...)"
+    )
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--threads", type=int, default=1, help="CTranslate2 threads per decode")
     parser.add_argument("--chunk", type=float, default=0.1, help="seconds fed per call")

@@ -11,17 +11,14 @@ import contextlib
 import functools
 import http.server
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+
+from tests.server_process import running_server
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("LIVESCRIBE_CHROMIUM", "/usr/bin/chromium")
@@ -77,50 +74,11 @@ def launch_chromium(playwright, *, fake_audio: Path | None = None, fake_device: 
         _unavailable(f"{CHROMIUM} could not be launched: {str(exc).splitlines()[0]}")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path | None) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-4000:] if log else ""
-            raise RuntimeError(f"server exited with {proc.returncode} before answering HTTP:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError as exc:
-            last = exc
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-4000:] if log else ""
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s ({last}):\n{tail}")
-
-
 @contextlib.contextmanager
 def live_server(log_path: Path, *extra_args: str, timeout: float = 120.0) -> Iterator[str]:
-    """Run ``python -m server`` on a free loopback port; yields its base URL."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), *extra_args]
-    env = dict(os.environ)
-    env.pop("SPEECHMATICS_API_KEY", None)  # the cloud backend must report itself unavailable
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_http(base + "/", proc, timeout, log_path)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    """Run ``python -m server`` on a free loopback port (no cloud key); yields its base URL."""
+    with running_server(*extra_args, log_path=log_path, timeout=timeout) as server:
+        yield server.url
 
 
 @contextlib.contextmanager

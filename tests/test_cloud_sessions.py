@@ -10,10 +10,7 @@ cloud-only sessions stream much faster than real time.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,6 +26,7 @@ from server.app import create_app, get_context
 from server.config import CloudOptions, Config
 from tests.conftest import Fixture
 from tests.fakes.speechmatics import FakeSpeechmatics, Utterance
+from tests.server_process import Client, running_server
 from tests.streaming import (
     CHUNK_BYTES,
     TestClientRecorder,
@@ -36,7 +34,6 @@ from tests.streaming import (
     assert_partials_precede_finals,
     finals_text,
 )
-from tests.test_server_process import Client, free_port, wait_ready
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -412,26 +409,9 @@ def test_failover_in_a_gevent_server_process(clip: Fixture):
     """``python -m server`` (gevent, WebSocket) with the key and endpoint from the environment:
     a cloud session, a drop, the switch to local, and every word in the finals."""
     with FakeSpeechmatics(utterances_of(clip), fail_after=DROP_AT) as fake:
-        port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "SPEECHMATICS_API_KEY": fake.api_key,
-            "SPEECHMATICS_RT_URL": fake.url,
-        }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port), "--model", "tiny.en"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, process)
-            client = Client(url)
-            client.sio.on("backend_changed", client._recorder("backend_changed"))
+        env = {"SPEECHMATICS_API_KEY": fake.api_key, "SPEECHMATICS_RT_URL": fake.url}
+        with running_server("--model", "tiny.en", env=env) as server:
+            client = Client(server.url)
             try:
                 assert client.wait_for("server_info")[0]["backends"]["cloud"]["available"] is True
                 client.sio.emit("start", {"backend": "cloud", "language": "en"})
@@ -442,13 +422,7 @@ def test_failover_in_a_gevent_server_process(clip: Fixture):
                 stopped = client.wait_for("stopped", timeout=90)[0]
             finally:
                 client.sio.disconnect()
-        finally:
-            process.terminate()
-            try:
-                output, _ = process.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                output, _ = process.communicate()
+        output = server.log()
         assert fake.api_key not in output  # the key stays out of the log
         # The drop is an expected failure: logged as a warning, never printed as a crash.
         assert "Traceback" not in output, output

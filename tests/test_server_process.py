@@ -2,114 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import socketio
 
 from bench.wer import wer
 from tests.conftest import Fixture
-from tests.streaming import CHUNK_BYTES, assert_finals_well_formed, finals_text
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}: {process.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become ready")
-
-
-def run_server(*args: str) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            returncode = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise AssertionError("the server did not stop within 30 s of SIGTERM") from None
-        assert returncode == 0, f"SIGTERM should stop the server cleanly, exit code {returncode}"
+from tests.server_process import Client, running_server
+from tests.streaming import assert_finals_well_formed, finals_text
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    yield from run_server()
-
-
-class Client:
-    """A python-socketio client that records every event with its arrival time."""
-
-    def __init__(self, url: str) -> None:
-        self.sio = socketio.Client(reconnection=False)
-        self.events: list[tuple[float, str, object]] = []
-        self._lock = threading.Lock()
-        for name in ("server_info", "ready", "partial", "final", "language", "error", "stopped", "joined"):
-            self.sio.on(name, self._recorder(name))
-        self.sio.connect(url, transports=["websocket"])
-
-    def _recorder(self, name: str):
-        def record(data=None):
-            with self._lock:
-                self.events.append((time.monotonic(), name, data))
-
-        return record
-
-    def named(self, name: str) -> list:
-        with self._lock:
-            return [d for _, n, d in self.events if n == name]
-
-    def wait_for(self, name: str, timeout: float = 30.0) -> list:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.named(name)
-            if found:
-                return found
-            time.sleep(0.02)
-        raise AssertionError(f"no {name} within {timeout} s: {[n for _, n, _ in self.events]}")
-
-    def stream(self, pcm: bytes, speed: float) -> None:
-        started = time.monotonic()
-        for offset in range(0, len(pcm), CHUNK_BYTES):
-            self.sio.emit("audio", pcm[offset : offset + CHUNK_BYTES])
-            due = started + (offset + CHUNK_BYTES) / 32000 / speed
-            time.sleep(max(0.0, due - time.monotonic()))
+    with running_server() as server:
+        yield server.url
 
 
 @pytest.mark.slow
@@ -184,8 +94,8 @@ def test_other_async_modes_transcribe(mode: str, en00: Fixture):
     if mode == "eventlet":
         pytest.importorskip("eventlet", reason="eventlet is optional: pip install eventlet")
     clip = en00.clip(10.0)
-    for url in run_server("--async-mode", mode):
-        client = Client(url)
+    with running_server("--async-mode", mode) as server:
+        client = Client(server.url)
         try:
             client.sio.emit("start", {"language": "en"})
             client.wait_for("ready")
