@@ -11,7 +11,7 @@ import pytest
 
 from bench.wer import ErrorCounts, align, corpus_wer, normalize, wer, word_errors
 
-CORPUS = Path("/work/shared/corpus/dev/en")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "dev" / "en"  # when beside the repo
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
