@@ -36,6 +36,10 @@ def configure_logging(level: str) -> None:
     # The Speechmatics SDK logs expected failures (quota, drops) at ERROR; our own WARNING
     # with the cloud_* code says the same once.
     logging.getLogger("speechmatics").setLevel(logging.CRITICAL)
+    # One line per HTTP request (every /ready poll), logged twice by gevent-websocket's
+    # handler: only with --log-level DEBUG.
+    if logging.getLevelName(level) != logging.DEBUG:
+        logging.getLogger("geventwebsocket.handler").setLevel(logging.WARNING)
 
 
 def in_session(session_id: str, fn: Callable[..., T]) -> Callable[..., T]:
