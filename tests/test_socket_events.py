@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backends.base import DecoderBackend
+from backends.errors import BackendFailure
 from bench.wer import wer
 from server.app import get_context
 from server.config import Config
@@ -261,3 +263,45 @@ def test_leave_and_join_validation(socketio, app):
     client.client.emit("join", {"room": "abc"})
     client.client.emit("leave", {"room": "abc"})
     assert client.wait_for("left")[0] == {"room": "abc"}
+
+
+class FailingOnce(DecoderBackend):
+    """The real model, except that one decode fails (a CUDA OOM, a driver hiccup...)."""
+
+    name = "local"
+
+    def __init__(self, backend, fail_on: int) -> None:
+        self.backend, self.fail_on, self.calls = backend, fail_on, 0
+
+    def info(self):
+        return self.backend.info()
+
+    def decode(self, audio, options):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise BackendFailure("decoding failed: CUDA out of memory (simulated)")
+        return self.backend.decode(audio, options)
+
+    def transcribe(self, audio, options):
+        return self.backend.transcribe(audio, options)
+
+
+def test_a_failed_decode_is_reported_and_the_session_goes_on(local_backend, en00: Fixture):
+    from server.app import create_app
+
+    app = create_app(Config(async_mode="threading"), backends={"local": FailingOnce(local_backend, fail_on=3)})
+    client = connect(get_context(app).socketio, app)
+    start(client, language="en")
+    clip = en00.clip(17.0)
+    client.stream(clip.pcm, speed=4.0)
+    client.client.emit("stop")
+    stopped = client.wait_for("stopped", timeout=60)[0]
+    errors = client.named("error")
+    assert [(e["code"], e["fatal"]) for e in errors] == [("backend_error", False)]
+    assert "was not transcribed" in errors[0]["message"] and errors[0]["session_id"]
+    # The session went on: the phrases after the failure are transcribed (the failed window is
+    # decoded again with the next audio, so little or nothing is lost).
+    assert stopped["duration"] == pytest.approx(17.0, abs=0.01)
+    later = " ".join(u["text"] for u in clip.reference["utterances"] if u["start"] > 6.0)
+    finals_after = " ".join(f["text"] for f in client.named("final") if f["start"] > 6.0)
+    assert wer(later, finals_after) < 0.2
