@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install what the real-browser tests (tests/test_browser.py) need: Debian's Chromium.
-# Idempotent: does nothing when /usr/bin/chromium is already there. The Playwright Python
-# package comes from requirements-dev.txt; never run `playwright install` (the tests drive
-# Debian's chromium through executable_path).
+# Install what the real-browser tests need: Debian's Chromium (tests/test_browser.py) and
+# firefox-esr (tests/test_firefox.py). Idempotent: installs only what is missing. The
+# Playwright Python package comes from requirements-dev.txt; never run `playwright install`
+# (the tests drive Debian's chromium through executable_path; Firefox runs without a driver).
 #
 # Usage: scripts/install_browser.sh        (as root, or with sudo available)
 set -euo pipefail
@@ -30,6 +30,24 @@ if ! timeout 60 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run
      --disable-background-networking --dump-dom about:blank >/dev/null 2>&1; then
   echo "install_browser: $CHROMIUM is installed but does not start headless" >&2
   exit 1
+fi
+
+# Firefox: Debian's ESR, run headless without a driver by tests/test_firefox.py.
+FIREFOX=/usr/bin/firefox-esr
+if [ -x "$FIREFOX" ]; then
+  echo "install_browser: $("$FIREFOX" --version 2>/dev/null || echo firefox-esr) already installed"
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      echo "install_browser: not root and no sudo: cannot install firefox-esr" >&2
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends firefox-esr
+  echo "install_browser: installed $("$FIREFOX" --version 2>/dev/null)"
 fi
 
 PY="${PYTHON:-python}"

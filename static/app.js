@@ -754,6 +754,28 @@ function wireClient() {
   });
 }
 
+// --- test hook (off by default) -------------------------------------------------------------
+// `?autostart=1` presses Start once the server's settings arrive; `&autostop=S` then presses
+// Stop S seconds after `ready`. For browsers tested without a WebDriver (tests/test_firefox.py
+// runs Firefox this way); the capture rate and any uncaught error go to the console, which
+// such a test reads from the browser's stdout.
+function wireTestHook() {
+  if (params.get("autostart") !== "1") return;
+  window.addEventListener("error", (e) => console.error(`livescribe autostart: uncaught ${e.message}`));
+  window.addEventListener("unhandledrejection", (e) => console.error(`livescribe autostart: unhandled ${e.reason}`));
+  const stopAfter = Number(params.get("autostop"));
+  let pressed = false;
+  client.on("server_info", () => {
+    if (pressed || el.startBtn.disabled) return;
+    pressed = true;
+    startSession();
+  });
+  client.on("ready", () => {
+    console.info(`livescribe autostart: capturing at ${mic ? mic.contextRate : "unknown"} Hz`);
+    if (stopAfter > 0) setTimeout(stopSession, stopAfter * 1000);
+  });
+}
+
 function init() {
   if (mode === "watch") {
     el.sessionCard.hidden = true;
@@ -772,6 +794,7 @@ function init() {
   }
   client = new LivescribeClient({ io: window.io });
   wireClient();
+  if (mode === "own") wireTestHook();
   renderConnection(client.connection);
   setInterval(measureRtt, 5000);
   updateControls();
