@@ -8,46 +8,37 @@
 set -euo pipefail
 
 CHROMIUM=/usr/bin/chromium
+FIREFOX=/usr/bin/firefox-esr  # Debian's ESR, run headless without a driver by tests/test_firefox.py
 
-if [ -x "$CHROMIUM" ]; then
-  echo "install_browser: $("$CHROMIUM" --version 2>/dev/null || echo chromium) already installed"
-else
-  SUDO=""
+# Install the given Debian packages in one apt run, as root or through sudo.
+apt_install() {
+  local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-      echo "install_browser: not root and no sudo: cannot install chromium" >&2
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "install_browser: not root and no sudo: cannot install $*" >&2
       exit 1
     fi
   fi
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-liberation fonts-dejavu-core
-  echo "install_browser: installed $("$CHROMIUM" --version 2>/dev/null)"
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q --no-install-recommends "$@"
+}
+
+missing=()
+[ -x "$CHROMIUM" ] || missing+=(chromium chromium-driver fonts-liberation fonts-dejavu-core)
+[ -x "$FIREFOX" ] || missing+=(firefox-esr)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi
+for browser in "$CHROMIUM" "$FIREFOX"; do
+  echo "install_browser: $("$browser" --version 2>/dev/null || echo "$browser") installed"
+done
 
 # A headless start proves the binary runs here (missing libraries show up now, not mid-test).
 if ! timeout 60 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
      --disable-background-networking --dump-dom about:blank >/dev/null 2>&1; then
   echo "install_browser: $CHROMIUM is installed but does not start headless" >&2
   exit 1
-fi
-
-# Firefox: Debian's ESR, run headless without a driver by tests/test_firefox.py.
-FIREFOX=/usr/bin/firefox-esr
-if [ -x "$FIREFOX" ]; then
-  echo "install_browser: $("$FIREFOX" --version 2>/dev/null || echo firefox-esr) already installed"
-else
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-      echo "install_browser: not root and no sudo: cannot install firefox-esr" >&2
-      exit 1
-    fi
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends firefox-esr
-  echo "install_browser: installed $("$FIREFOX" --version 2>/dev/null)"
 fi
 
 PY="${PYTHON:-python}"
