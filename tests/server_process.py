@@ -17,7 +17,7 @@ from pathlib import Path
 
 import socketio
 
-from tests.streaming import CHUNK_BYTES
+from tests.streaming import paced_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,8 +129,5 @@ class Client:
 
     def stream(self, pcm: bytes, speed: float) -> None:
         """Send 100 ms audio messages paced at ``speed`` x real time."""
-        started = time.monotonic()
-        for offset in range(0, len(pcm), CHUNK_BYTES):
-            self.sio.emit("audio", pcm[offset : offset + CHUNK_BYTES])
-            due = started + (offset + CHUNK_BYTES) / 32000 / speed
-            time.sleep(max(0.0, due - time.monotonic()))
+        for piece in paced_chunks(pcm, speed):
+            self.sio.emit("audio", piece)

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 CHUNK_BYTES = 3200  # 100 ms of 16 kHz s16
+BYTES_PER_SECOND = 32000  # 16 kHz s16
+
+
+def paced_chunks(
+    pcm: bytes, speed: float = 1.0, chunk: int = CHUNK_BYTES, bytes_per_second: int = BYTES_PER_SECOND
+) -> Iterator[bytes]:
+    """``pcm`` in ``chunk``-byte pieces, each yielded when a microphone playing at ``speed`` x
+    real time would have recorded it (an absolute schedule: a late piece delays no other)."""
+    started = time.monotonic()
+    for offset in range(0, len(pcm), chunk):
+        yield pcm[offset : offset + chunk]
+        due = started + (offset + chunk) / bytes_per_second / speed
+        time.sleep(max(0.0, due - time.monotonic()))
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,13 @@ class TestClientRecorder:
             time.sleep(0.02)
         raise AssertionError(f"no {name!r} within {timeout} s; got {[e.name for e in self.events]}")
 
-    def stream(self, pcm: bytes, speed: float = 1.0, chunk: int = CHUNK_BYTES) -> None:
-        """Send ``pcm`` in ``chunk``-byte audio messages paced at ``speed`` x real time."""
-        started = time.monotonic()
-        for offset in range(0, len(pcm), chunk):
-            self.client.emit("audio", pcm[offset : offset + chunk])
+    def stream(
+        self, pcm: bytes, speed: float = 1.0, chunk: int = CHUNK_BYTES, bytes_per_second: int = BYTES_PER_SECOND
+    ) -> None:
+        """Send ``pcm`` as audio messages paced at ``speed`` x real time."""
+        for piece in paced_chunks(pcm, speed, chunk, bytes_per_second):
+            self.client.emit("audio", piece)
             self.poll()
-            due = started + (offset + chunk) / 32000 / speed
-            time.sleep(max(0.0, due - time.monotonic()))
 
 
 def finals_text(finals: list[dict]) -> str:

@@ -140,7 +140,7 @@ def test_resampled_float_input(socketio, app, en00: Fixture):
     client = connect(socketio, app)
     ready = start(client, language="en", sample_rate=44100, encoding="pcm_f32le")
     assert ready["sample_rate"] == 44100 and ready["encoding"] == "pcm_f32le"
-    client.stream(upsampled.tobytes(), speed=8.0 * 44100 * 4 / 32000, chunk=44100 * 4 // 10)
+    client.stream(upsampled.tobytes(), speed=8.0, chunk=44100 * 4 // 10, bytes_per_second=44100 * 4)
     client.client.emit("stop")
     stopped = client.wait_for("stopped", timeout=60)[0]
     assert stopped["duration"] == pytest.approx(10.0, abs=0.05)
