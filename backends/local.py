@@ -146,7 +146,6 @@ class LocalBackend(DecoderBackend):
         self._languages: tuple[str, ...] = ()
         self._multilingual = False
         self._ready = threading.Event()
-        self._failure: str | None = None
         # Called after every successful ``decode`` with (seconds of audio, seconds it took):
         # the server's metrics. An observer must be cheap and must not raise.
         self.observers: list[Callable[[float, float], None]] = []
