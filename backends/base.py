@@ -15,6 +15,8 @@ event shapes whatever the backend.
 from __future__ import annotations
 
 import abc
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,6 +26,13 @@ SAMPLE_RATE = 16000
 """Inside the server audio is always mono float32 at this rate."""
 
 TASKS = ("transcribe", "translate")
+
+_NOT_WORD = re.compile(r"[^\w']+", re.UNICODE)
+
+
+def word_key(text: str) -> str:
+    """Comparison key for words: case, forms of accents and punctuation do not count."""
+    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ class DecodeOptions:
     language: str | None = None  # None: detect
     task: str = "transcribe"
     prompt: str | None = None  # committed text that precedes the audio
+    # Words already committed at the start of the audio (times relative to it): the decoder
+    # is forced through them (acoustic and textual context at little decoding cost) and the
+    # result holds only what follows them.
+    prefix: tuple[Word, ...] = ()
     word_timestamps: bool = True
     beam_size: int = 1
     # Encoder frames (10 ms each) to pad the audio to; None keeps Whisper's full 30 s.

@@ -31,6 +31,7 @@ from backends.base import (
     DecodeResult,
     Segment,
     Word,
+    word_key,
 )
 from backends.errors import BackendFailure, ConfigurationError, ModelNotFound
 from backends.models import resolve_model
@@ -292,8 +293,14 @@ class LocalBackend(DecoderBackend):
             previous = tokenizer.encode(" " + options.prompt.strip()) if options.prompt else []
             # Keep the prompt to the last 200 tokens: Whisper's context is 448 tokens and
             # the most recent text is what helps.
-            prompt = model.get_prompt(tokenizer, previous[-200:], without_timestamps=False)
-            transcription_options = self._transcription_options(tokenizer, options)
+            # After a forced prefix, timestamp mode tends to close the prefix as one segment
+            # and stop (a 6 s prefix ended "<|5.52|>" and nothing of the 2.5 s after it was
+            # written; timestamps inside the prefix made it worse); text mode continues. Word
+            # times come from the alignment either way.
+            prefix = "".join(w.text for w in options.prefix).strip() or None
+            without_timestamps = prefix is not None
+            prompt = model.get_prompt(tokenizer, previous[-200:], without_timestamps=without_timestamps, prefix=prefix)
+            transcription_options = self._transcription_options(tokenizer, options, without_timestamps)
             result, avg_logprob, _temperature, compression_ratio = model.generate_with_fallback(
                 encoder_output, prompt, tokenizer, transcription_options
             )
@@ -316,12 +323,25 @@ class LocalBackend(DecoderBackend):
         except (RuntimeError, ValueError, IndexError) as exc:
             raise BackendFailure(f"decoding failed: {exc}") from exc
 
+        # CTranslate2 returns the forced prefix as part of the sequence (which is what lets
+        # the word alignment see it): leave its words out of the result.
+        skip = sum(len(word_key(w.text)) for w in options.prefix)
         segments = []
         for raw in raw_segments:
             text = tokenizer.decode([t for t in raw["tokens"] if t < tokenizer.eot])
+            kept = []
+            for w in raw.get("words", ()):
+                if skip > 0:
+                    skip -= len(word_key(w["word"]))
+                    continue
+                kept.append(w)
+            if len(kept) < len(raw.get("words", ())):
+                text = "".join(w["word"] for w in kept)
+                if not kept:
+                    continue
             words = tuple(
                 Word(text=w["word"], start=float(w["start"]), end=float(w["end"]), probability=float(w["probability"]))
-                for w in raw.get("words", ())
+                for w in kept
             )
             segments.append(
                 Segment(
@@ -342,7 +362,7 @@ class LocalBackend(DecoderBackend):
             language_probs=language_probs,
         )
 
-    def _transcription_options(self, tokenizer: Any, options: DecodeOptions) -> Any:
+    def _transcription_options(self, tokenizer: Any, options: DecodeOptions, without_timestamps: bool) -> Any:
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
         return TranscriptionOptions(
@@ -362,7 +382,7 @@ class LocalBackend(DecoderBackend):
             prefix=None,
             suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            without_timestamps=False,
+            without_timestamps=without_timestamps,
             max_initial_timestamp=1.0,
             word_timestamps=options.word_timestamps,
             prepend_punctuations=PREPEND_PUNCTUATIONS,

@@ -28,6 +28,9 @@ DEFAULT_FILES = [
 ]
 
 
+SHIFT = 0.37  # seconds of leading silence added per --shifts draw
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -58,7 +61,7 @@ def _with(options, path: list[str], value: float):
     return dataclasses.replace(options, **{path[0]: typed})
 
 
-def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: float) -> dict:
+def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: float, shifts: int = 1) -> dict:
     from backends.base import Final, StreamOptions
     from server.pipeline import PipelineOptions, StreamingPipeline
 
@@ -67,8 +70,9 @@ def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: floa
         options = _with(options, name.split("."), value)
     pairs, decodes, audio_seconds = [], 0, 0.0
     started_cpu, started = cpu_seconds(), time.monotonic()
-    for path in files:
-        audio = read_wav(path)
+    for path, shift in itertools.product(files, range(shifts)):
+        # Leading silence moves every chunk and VAD boundary: another draw of the same speech.
+        audio = np.concatenate([np.zeros(int(shift * SHIFT * 16000), np.float32), read_wav(path)])
         reference = json.loads(path.with_suffix(".json").read_text())
         pipeline = StreamingPipeline(backend, StreamOptions(language=reference["language"]), options)
         step = int(chunk * 16000)
@@ -98,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--threads", type=int, default=1, help="CTranslate2 threads per decode")
     parser.add_argument("--chunk", type=float, default=0.1, help="seconds fed per call")
+    parser.add_argument(
+        "--shifts",
+        type=int,
+        default=1,
+        help=f"run each file N times, with 0, {SHIFT}, {2 * SHIFT:.2f} ... s of leading silence: "
+        "WER differences of a few words between settings are noise unless they hold across draws",
+    )
     args = parser.parse_args(argv)
 
     from backends.local import LocalBackend, LocalBackendOptions
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# model {args.model}, {args.threads} thread(s), {args.chunk * 1000:.0f} ms chunks, files: "
         + ", ".join(p.stem for p in args.files)
     )
-    rows = [run_one(backend, args.files, combo, args.chunk) for combo in parse_sets(args.set)]
+    rows = [run_one(backend, args.files, combo, args.chunk, args.shifts) for combo in parse_sets(args.set)]
     columns = list(rows[0])
     print("  ".join(f"{c:>16}" for c in columns))
     for row in rows:

@@ -8,25 +8,21 @@ Real-Time Transcription System", 2023.)
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Sequence
 
-from backends.base import Word
+from backends.base import Word, word_key
 
-_STRIP = re.compile(r"[^\w']+", re.UNICODE)
-
-
-def word_key(text: str) -> str:
-    """Comparison key: case, accents of form and punctuation do not break an agreement."""
-    return _STRIP.sub("", unicodedata.normalize("NFKC", text).lower())
+__all__ = ["LocalAgreement", "drop_repetitions", "word_key"]
 
 
-def drop_repetitions(words: Sequence[Word], max_n: int = 6) -> list[Word]:
+def drop_repetitions(words: Sequence[Word], max_n: int = 6, keep: int = 0) -> list[Word]:
     """Cut decoder loops: an n-gram repeated back to back (3+ times, or twice for n >= 3).
 
     Whisper falls into loops on short or noisy input ("press 1 4 press 1 4 ..."); real speech
-    rarely repeats a 3-word phrase immediately, and almost never a word three times.
+    rarely repeats a 3-word phrase immediately, and almost never a word three times. The first
+    ``keep`` words are already committed (the decoder's prefix): only a loop that reaches past
+    them is cut, and never before them (after a forced prefix Whisper sometimes says the last
+    sentence again: "patience. | Thank you for your patience.").
     """
     keys = [word_key(w.text) for w in words]
     i = 0
@@ -37,53 +33,45 @@ def drop_repetitions(words: Sequence[Word], max_n: int = 6) -> list[Word]:
             repeats = 1
             while keys[i + repeats * n : i + (repeats + 1) * n] == keys[i : i + n]:
                 repeats += 1
-            if (repeats >= 3 or (repeats >= 2 and n >= 3)) and any(keys[i : i + n]):
-                return list(words[: i + n])
+            looping = repeats >= 3 or (repeats >= 2 and n >= 3)
+            if looping and any(keys[i : i + n]) and i + repeats * n > keep:
+                return list(words[: max(keep, i + n)])
         i += 1
     return list(words)
 
 
 class LocalAgreement:
-    """The commit state of one utterance stream (times are absolute stream seconds)."""
+    """The commit state of one utterance stream (times are absolute stream seconds).
 
-    def __init__(self, tolerance: float = 0.1) -> None:
-        self.tolerance = tolerance
+    Hypotheses hold only the words after the last commit: the pipeline forces the committed
+    text as the decoder's prefix, so the decoder writes nothing already committed and no
+    time- or text-based de-duplication is needed (both used to drop real words: "connect
+    you. | You have" lost "You").
+    """
+
+    def __init__(self) -> None:
         self.committed_end = 0.0  # end time of the last committed word
-        self._recent: list[str] = []  # keys of the last committed words, for overlap removal
         self._previous: list[Word] = []  # the previous hypothesis' uncommitted words
 
-    def _fresh(self, words: Sequence[Word]) -> list[Word]:
-        """Drop words already committed: centred before the last commit, or the same n-gram.
+    def insert(self, hypothesis: Sequence[Word], until: float | None = None) -> list[Word]:
+        """Add a hypothesis; return the newly committed words (possibly none).
 
-        The midpoint, not the start: word timings move by 0.1-0.2 s between decodes, which
-        is enough to push the start of the first new word before the commit boundary (it
-        lost "urgent" in "remove the | urgent status"), but rarely a whole word's centre.
+        ``until``: commit only agreed words that end by then (the newest words of a window
+        are the least reliable, even when two decodes agree on them).
         """
-        fresh = [w for w in words if (w.start + w.end) / 2 >= self.committed_end - self.tolerance / 2]
-        # A word straddling the commit boundary may come back with a shifted start; if the
-        # hypothesis begins with the last committed 1..5 words, those are repeats.
-        keys = [word_key(w.text) for w in fresh]
-        for n in range(min(5, len(self._recent), len(keys)), 0, -1):
-            if keys[:n] == self._recent[-n:]:
-                return fresh[n:]
-        return fresh
-
-    def insert(self, hypothesis: Sequence[Word]) -> list[Word]:
-        """Add a hypothesis; return the newly committed words (possibly none)."""
-        new = self._fresh(hypothesis)
         agreed = 0
-        for old, cur in zip(self._previous, new, strict=False):
-            if word_key(old.text) != word_key(cur.text):
+        for old, cur in zip(self._previous, hypothesis, strict=False):
+            if word_key(old.text) != word_key(cur.text) or (until is not None and cur.end > until):
                 break
             agreed += 1
-        committed = new[:agreed]
-        self._previous = new[agreed:]
+        committed = list(hypothesis[:agreed])
+        self._previous = list(hypothesis[agreed:])
         self._commit(committed)
         return committed
 
-    def commit_all(self, hypothesis: Sequence[Word]) -> list[Word]:
-        """End of an utterance: commit everything new in ``hypothesis`` at once."""
-        committed = self._fresh(hypothesis)
+    def commit_all(self, hypothesis: Sequence[Word] | None = None) -> list[Word]:
+        """End of an utterance: commit ``hypothesis`` (default: the pending words) at once."""
+        committed = list(self._previous if hypothesis is None else hypothesis)
         self._previous = []
         self._commit(committed)
         return committed
@@ -106,4 +94,3 @@ class LocalAgreement:
     def _commit(self, words: Sequence[Word]) -> None:
         if words:
             self.committed_end = max(self.committed_end, words[-1].end)
-            self._recent = (self._recent + [word_key(w.text) for w in words])[-5:]

@@ -58,6 +58,13 @@ class PipelineOptions:
     min_encoder_frames: int = 1000
     final_full_context: bool = False  # decode the end of each utterance with the full 30 s
     prompt_words: int = 32  # committed words before the window given as the prompt
+    # Seconds of earlier committed speech (silence left out) decoded in front of the window,
+    # its committed text forced as the decoder's prefix: what offline Whisper hears around a
+    # phrase, without decoding it again.
+    context: float = 5.0
+    # Agreed words commit only once they end this long before the audio does: the newest words
+    # of a window change most, even when two decodes agree on them.
+    commit_margin: float = 1.0
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
@@ -66,8 +73,26 @@ class PipelineOptions:
     beam_size: int = 1
 
 
+def _shifted(word: Word, seconds: float) -> Word:
+    return Word(text=word.text, start=word.start + seconds, end=word.end + seconds, probability=word.probability)
+
+
 def _text(words: list[Word]) -> str:
     return "".join(w.text for w in words).strip()
+
+
+def _tail(audio: np.ndarray, words: list[Word], seconds: float) -> tuple[np.ndarray, list[Word]]:
+    """At most the last ``seconds`` of ``audio`` and its ``words`` (times relative to the
+    audio), cut at a word boundary so that the words account for all the speech kept."""
+    too_old = len(audio) / SAMPLE_RATE - seconds
+    first = next((i for i, w in enumerate(words) if w.start >= too_old), len(words))
+    if first == 0:
+        return audio, words
+    if first == len(words):
+        return audio[:0], []
+    # Between the last dropped word and the first kept one, close to the latter.
+    cut = max(words[first - 1].end, words[first].start - 0.1)
+    return audio[int(cut * SAMPLE_RATE) :], [_shifted(w, -cut) for w in words[first:]]
 
 
 class StreamingPipeline(Stream):
@@ -97,12 +122,17 @@ class StreamingPipeline(Stream):
         self._speech_start = 0
         self._next_decode = 0  # stream sample at which the next step decode is due
         self._agreement = LocalAgreement()
-        self._history: deque[Word] = deque(maxlen=max(1, self._p.prompt_words))
+        # Committed words, for the prompt (the context's words are the prefix, not the prompt).
+        self._history: deque[Word] = deque(maxlen=max(1, self._p.prompt_words) + 128)
+        self._window_words: list[Word] = []  # committed words inside the current window
+        self._context_audio = np.zeros(0, dtype=np.float32)
+        self._context_words: list[Word] = []  # times in seconds of self._context_audio
         self._partial = ""
         self._committed_until = 0.0
         self._last_words: list[Word] = []  # the latest step hypothesis (filtered)
         self._last_decoded = 0  # stream sample where that hypothesis' audio ended
         self._last_silent = False  # whether it was dropped as no-speech
+        self._first_decode = True  # the next step decode is its utterance's first
         self.decodes = 0  # decode calls so far (tests and benchmarks read it)
 
     # --- Stream ------------------------------------------------------------------------
@@ -143,12 +173,16 @@ class StreamingPipeline(Stream):
         self._window_start = max(self._buffer_start, sample - self._pad)
         self._speech_start = sample
         self._next_decode = sample + int(self._p.first_step * SAMPLE_RATE)
+        self._first_decode = True
 
     def _step(self) -> list[Event]:
         assert self._window_start is not None
-        words, silent, events = self._decode(self._window_start, self._total, final=False)
+        # The first decode of an utterance is the one a user waits for, and it only shows a
+        # partial: it goes without the context, whose encoder frames cost latency.
+        first, self._first_decode = self._first_decode, False
+        words, silent, events = self._decode(self._window_start, self._total, final=False, context=not first)
         self._last_words, self._last_decoded, self._last_silent = words, self._total, silent
-        committed = self._agreement.insert(words)
+        committed = self._agreement.insert(words, until=self._total / SAMPLE_RATE - self._p.commit_margin)
         events += self._emit(committed)
         events += self._trim()
         young = self._total - self._speech_start < self._p.early_period * SAMPLE_RATE
@@ -167,7 +201,7 @@ class StreamingPipeline(Stream):
         events: list[Event] = []
         covered = speech_end is not None and self._last_decoded >= speech_end + int(0.1 * SAMPLE_RATE)
         if covered and not self._last_silent:
-            events += self._emit(self._agreement.commit_all(self._last_words))
+            events += self._emit(self._agreement.commit_all())
         elif end > self._window_start:
             words, silent, events = self._decode(self._window_start, end, final=True)
             if silent and not self._p.final_full_context:
@@ -182,6 +216,8 @@ class StreamingPipeline(Stream):
             self._partial = ""
             events.append(Partial(text="", start=end / SAMPLE_RATE, end=end / SAMPLE_RATE))
         events.append(SpeechActivity(start=self._speech_start / SAMPLE_RATE, end=end / SAMPLE_RATE))
+        self._remember(self._window_start, end, self._window_words)
+        self._window_words = []
         self._committed_until = end / SAMPLE_RATE
         self._window_start = None
         self._last_words, self._last_decoded, self._last_silent = [], 0, False
@@ -193,38 +229,56 @@ class StreamingPipeline(Stream):
     # --- decoding ----------------------------------------------------------------------
 
     def _decode(
-        self, start: int, end: int, *, final: bool, full_context: bool = False
+        self, start: int, end: int, *, final: bool, full_context: bool = False, context: bool = True
     ) -> tuple[list[Word], bool, list[Event]]:
-        """Decode stream samples [start, end): (filtered words, dropped-as-silence, events)."""
-        audio = self._buffer[start - self._buffer_start : end - self._buffer_start]
-        if full_context or (final and self._p.final_full_context):
+        """Decode stream samples [start, end): (filtered words, dropped-as-silence, events).
+
+        The decoded audio is the context (earlier committed speech) followed by the window;
+        every committed word in it is forced as the decoder's prefix, so only new words come
+        back. The prompt is the committed text before all of that.
+        """
+        window = self._buffer[start - self._buffer_start : end - self._buffer_start]
+        offset = start / SAMPLE_RATE  # stream time of the window's start
+        context_audio, context_words = self._context_audio, self._context_words
+        if not (context and context_words):
+            context_audio, context_words = context_audio[:0], []
+        lead = len(context_audio) / SAMPLE_RATE
+        audio = np.concatenate([context_audio, window]) if lead else window
+        # Committed words in decoded-audio time: the context's, then the window's.
+        prefix = list(context_words)
+        prefix += [_shifted(w, lead - offset) for w in self._window_words]
+        before = [w for w in self._history if w.end <= offset + 0.01]
+        before = before[: max(0, len(before) - len(context_words))]
+        if full_context or (final and self._p.final_full_context) or not self._p.encoder_factor:
             frames = None
-        elif self._p.encoder_factor:
-            frames = encoder_frames_for(len(audio), self._p.encoder_factor, self._p.min_encoder_frames)
         else:
-            frames = None
-        offset = start / SAMPLE_RATE
-        prompt = _text([w for w in self._history if w.end <= offset + 0.01]) or None
+            frames = encoder_frames_for(len(audio), self._p.encoder_factor, self._p.min_encoder_frames)
+        prompt = _text(before[-self._p.prompt_words :]) if self._p.prompt_words else ""
         result = self._decoder.decode(
             audio,
             DecodeOptions(
                 language=self._language if self._language_locked else None,
                 task=self._options.task,
-                prompt=prompt,
+                prompt=prompt or None,
+                prefix=tuple(prefix),
                 beam_size=self._p.beam_size,
                 encoder_frames=frames,
             ),
         )
         self.decodes += 1
         events: list[Event] = []
-        words, silent = self._words(result, offset, len(audio) / SAMPLE_RATE)
+        words, silent = self._words(result, offset - lead, len(audio) / SAMPLE_RATE, offset, prefix[-12:])
         if not self._language_locked and words:
             self._detect_language(result, events)
         return words, silent, events
 
-    def _words(self, result: DecodeResult, offset: float, duration: float) -> tuple[list[Word], bool]:
+    def _words(
+        self, result: DecodeResult, offset: float, duration: float, not_before: float, prefix: list[Word]
+    ) -> tuple[list[Word], bool]:
         """Timed words of a decode in stream time, hallucinations removed; and whether a
-        segment was dropped as no-speech."""
+        segment was dropped as no-speech. ``offset``: stream time of the decoded audio's start;
+        ``not_before``: where the window starts (after the context); ``prefix``: the last
+        committed words before the decoded ones, to catch loops across the boundary."""
         p = self._p
         words: list[Word] = []
         silent = False
@@ -240,15 +294,17 @@ class StreamingPipeline(Stream):
                 # Words timed in the zero padding after the audio are invented.
                 if w.start >= duration - 0.02 or not w.text.strip():
                     continue
+                # The alignment may put the first new word a little into the context.
+                start = max(not_before, offset + w.start)
                 words.append(
                     Word(
                         text=w.text,
-                        start=offset + w.start,
-                        end=offset + min(w.end, duration),
+                        start=start,
+                        end=max(start, offset + min(w.end, duration)),
                         probability=w.probability,
                     )
                 )
-        return drop_repetitions(words), silent
+        return drop_repetitions([*prefix, *words], keep=len(prefix))[len(prefix) :], silent
 
     def _detect_language(self, result: DecodeResult, events: list[Event]) -> None:
         """Lock on a confident detection; otherwise accumulate evidence (probability x window
@@ -276,6 +332,7 @@ class StreamingPipeline(Stream):
         events: list[Event] = []
         if committed:
             self._history.extend(committed)
+            self._window_words.extend(committed)
             self._committed_until = committed[-1].end
             events.append(
                 Final(text=_text(committed), start=committed[0].start, end=committed[-1].end, words=tuple(committed))
@@ -311,9 +368,27 @@ class StreamingPipeline(Stream):
                 events += self._emit(forced)
                 cut = forced[-1].end if forced else self._total / SAMPLE_RATE - self._p.max_window / 2
         if cut is not None:
-            self._window_start = max(self._window_start, min(self._total, int(cut * SAMPLE_RATE)))
+            cut_sample = max(self._window_start, min(self._total, int(cut * SAMPLE_RATE)))
+            done = [w for w in self._window_words if w.end <= cut + 0.01]
+            self._remember(self._window_start, cut_sample, done)
+            self._window_words = self._window_words[len(done) :]
+            self._window_start = cut_sample
             self._drop_before(self._window_start)
         return events
+
+    def _remember(self, start: int, end: int, words: list[Word]) -> None:
+        """Keep committed speech [start, end) and its words as context for later decodes,
+        at most ``context`` seconds of it, cut at a word boundary."""
+        if self._p.context <= 0 or not words or end <= start:
+            return
+        shift = len(self._context_audio) / SAMPLE_RATE - start / SAMPLE_RATE
+        audio = np.concatenate(
+            [self._context_audio, self._buffer[start - self._buffer_start : end - self._buffer_start]]
+        )
+        kept = self._context_words + [
+            Word(text=w.text, start=w.start + shift, end=w.end + shift, probability=w.probability) for w in words
+        ]
+        self._context_audio, self._context_words = _tail(audio, kept, self._p.context)
 
     def _drop_before(self, sample: int) -> None:
         if sample > self._buffer_start:

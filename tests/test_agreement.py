@@ -21,11 +21,13 @@ def test_commits_the_common_prefix_of_two_hypotheses():
     committed = agreement.insert(words("please enter your phone number"))
     assert texts(committed) == ["please", "enter", "your"]
     assert texts(agreement.pending) == ["phone", "number"]
-    # Only the agreed part of a revised tail is committed; the rest waits for a repeat.
-    committed = agreement.insert(words("please enter your phone numbers please"))
+    # The decoder continues after the committed words (they are its prefix): hypotheses
+    # hold only new words. Only the agreed part of a revised tail is committed.
+    committed = agreement.insert(words("phone numbers please", start=0.9))
     assert texts(committed) == ["phone"]
     assert texts(agreement.pending) == ["numbers", "please"]
-    assert texts(agreement.insert(words("please enter your phone numbers please"))) == ["numbers", "please"]
+    assert texts(agreement.insert(words("numbers please", start=1.2))) == ["numbers", "please"]
+    assert abs(agreement.committed_end - 1.8) < 1e-9
 
 
 def test_punctuation_and_case_do_not_break_agreement():
@@ -35,22 +37,25 @@ def test_punctuation_and_case_do_not_break_agreement():
     assert texts(committed) == ["hello", "World."]  # the newer spelling wins
 
 
-def test_words_before_the_last_commit_are_not_committed_twice():
+def test_agreed_words_too_close_to_the_audio_end_wait():
     agreement = LocalAgreement()
-    agreement.insert(words("one two three"))
-    agreement.insert(words("one two three four"))
-    # The window was trimmed: the next hypothesis starts mid-way, slightly re-timed.
-    later = [Word(" three", 0.62, 0.9), Word(" four", 0.9, 1.2), Word(" five", 1.2, 1.5)]
-    assert texts(agreement.insert(later)) == ["four"]  # "three" is older than the commit
-    assert texts(agreement.insert(later)) == ["five"]
+    agreement.insert(words("one two three four"))  # 0-1.2 s
+    # Audio up to 1.3 s with a 1 s margin: only words ending by 0.3 s commit.
+    assert texts(agreement.insert(words("one two three four five"), until=0.3)) == ["one"]
+    assert texts(agreement.pending) == ["two", "three", "four", "five"]
+    assert texts(agreement.insert(words("two three four five", start=0.3), until=1.0)) == ["two", "three"]
 
 
-def test_ngram_overlap_with_the_last_commit_is_dropped():
+def test_commit_all_commits_a_hypothesis_or_the_pending_words():
     agreement = LocalAgreement()
-    agreement.commit_all(words("thank you for calling"))
-    # Same words, timed a little after the commit boundary (a shifted alignment).
-    shifted = [Word(" for", 1.2, 1.5), Word(" calling", 1.5, 1.8), Word(" goodbye", 1.8, 2.1)]
-    assert texts(agreement.commit_all(shifted)) == ["goodbye"]
+    agreement.insert(words("thank you for"))
+    assert texts(agreement.commit_all()) == ["thank", "you", "for"]
+    assert agreement.pending == []
+    assert texts(agreement.commit_all(words("calling", start=0.9))) == ["calling"]
+    assert abs(agreement.committed_end - 1.2) < 1e-9
+    agreement.insert(words("goodbye", start=2.0))
+    agreement.reset_pending()
+    assert agreement.commit_all() == []
 
 
 def test_commit_before_forces_old_pending_words():
@@ -69,6 +74,18 @@ def test_drop_repetitions_cuts_decoder_loops():
     natural = words("thank you thank you very much")  # a 2-gram said twice is normal speech
     assert drop_repetitions(natural) == natural
     assert drop_repetitions([]) == []
+
+
+def test_drop_repetitions_across_a_committed_prefix():
+    # After a forced prefix Whisper sometimes says the last sentence again.
+    prefix = words("thank you for your patience")
+    again = words("thank you for your patience", start=1.5)
+    assert drop_repetitions(prefix + again, keep=len(prefix)) == prefix
+    new = words("please hold", start=1.5)
+    assert drop_repetitions(prefix + new, keep=len(prefix)) == prefix + new
+    # A loop entirely inside the committed words is not the decoder's doing now: keep the rest.
+    said = words("press 1 press 1 press 1")
+    assert drop_repetitions(said + new, keep=len(said)) == said + new
 
 
 def test_word_key_ignores_case_and_punctuation():
