@@ -129,9 +129,8 @@ class StreamingPipeline(Stream):
         self._context_words: list[Word] = []  # times in seconds of self._context_audio
         self._partial = ""
         self._committed_until = 0.0
-        self._last_words: list[Word] = []  # the latest step hypothesis (filtered)
-        self._last_decoded = 0  # stream sample where that hypothesis' audio ended
-        self._last_silent = False  # whether it was dropped as no-speech
+        self._last_decoded = 0  # stream sample where the latest step decode's audio ended
+        self._last_silent = False  # whether that decode was dropped as no-speech
         self._first_decode = True  # the next step decode is its utterance's first
         self.decodes = 0  # decode calls so far (tests and benchmarks read it)
 
@@ -181,7 +180,7 @@ class StreamingPipeline(Stream):
         # partial: it goes without the context, whose encoder frames cost latency.
         first, self._first_decode = self._first_decode, False
         words, silent, events = self._decode(self._window_start, self._total, final=False, context=not first)
-        self._last_words, self._last_decoded, self._last_silent = words, self._total, silent
+        self._last_decoded, self._last_silent = self._total, silent
         committed = self._agreement.insert(words, until=self._total / SAMPLE_RATE - self._p.commit_margin)
         events += self._emit(committed)
         events += self._trim()
@@ -220,7 +219,7 @@ class StreamingPipeline(Stream):
         self._window_words = []
         self._committed_until = end / SAMPLE_RATE
         self._window_start = None
-        self._last_words, self._last_decoded, self._last_silent = [], 0, False
+        self._last_decoded, self._last_silent = 0, False
         # Only up to this utterance's end: the same batch of audio may already hold the
         # next utterance's start, which its window (with padding) still needs.
         self._drop_before(end - self._pad)
