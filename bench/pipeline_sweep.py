@@ -2,7 +2,13 @@
 
 Feeds corpus WAVs through :class:`server.pipeline.StreamingPipeline` in 100 ms chunks as fast as
 the model allows (no server, no pacing), so settings can be compared quickly and repeatably.
-Latency needs real time: use ``bench.stream_bench`` for that.
+
+Latency is simulated for one stream on the same thread: chunk k exists at ``(k+1) * chunk``
+seconds, a feed starts once its audio exists and the previous feed is done, takes the wall time
+it really took, and whatever piled up meanwhile is fed as one batch, as a server session's
+worker does. Its events arrive when the feed returns; final and first-partial latency are then
+computed as ``bench.stream_bench`` does (which also counts the network and the server, and
+several streams).
 
     python -m bench.pipeline_sweep --set min_encoder_frames=600,800,1000 --set step=0.5,1.0
 """
@@ -61,36 +67,89 @@ def _with(options, path: list[str], value: float):
     return dataclasses.replace(options, **{path[0]: typed})
 
 
+def simulate(pipeline, audio: np.ndarray, chunk: float) -> tuple[list[tuple[float, object]], float]:
+    """Feed ``audio`` in ``chunk``-second pieces on a simulated clock (module docstring):
+    the events with their arrival times, and the simulated time at the end."""
+    step = int(chunk * 16000)
+    count = -(-len(audio) // step)
+    events: list[tuple[float, object]] = []
+    now, k = 0.0, 0
+    while k < count:
+        now = max(now, (k + 1) * chunk)
+        # Everything recorded by now goes in one batch, as a session worker drains its queue.
+        last = min(count, max(k + 1, int(now / chunk + 1e-9)))
+        started = time.perf_counter()
+        batch = pipeline.feed(audio[k * step : last * step])
+        now += time.perf_counter() - started
+        events += [(now, e) for e in batch]
+        k = last
+    started = time.perf_counter()
+    batch = pipeline.flush()
+    now += time.perf_counter() - started
+    return events + [(now, e) for e in batch], now
+
+
+def latencies(events: list[tuple[float, object]], utterances: list[dict], shift: float) -> tuple[list, list]:
+    """Final and first-partial latency per reference utterance (None: never shown)."""
+    from backends.base import Final, Partial
+    from bench.stream_bench import SessionRecord, Utterance, final_latencies, first_partial_latencies
+
+    record = SessionRecord(stream_id="", client=0, duration=0.0)
+    for arrival, event in events:
+        if isinstance(event, Final):
+            words = [{"word": w.text, "start": w.start, "end": w.end} for w in event.words]
+            payload = {"text": event.text, "start": event.start, "end": event.end, "words": words}
+            record.finals.append((arrival, payload))
+        elif isinstance(event, Partial):
+            record.partials.append((arrival, {"text": event.text, "start": event.start, "end": event.end}))
+    utts = [Utterance(u["start"] + shift, u["end"] + shift, u["text"]) for u in utterances]
+    return final_latencies(record, utts), first_partial_latencies(record, utts)
+
+
 def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: float, shifts: int = 1) -> dict:
     from backends.base import Final, StreamOptions
+    from bench.stream_bench import percentile
     from server.pipeline import PipelineOptions, StreamingPipeline
 
     options = PipelineOptions()
     for name, value in overrides.items():
         options = _with(options, name.split("."), value)
     pairs, decodes, audio_seconds = [], 0, 0.0
+    final_lat: list[float] = []
+    first_lat: list[float] = []
     started_cpu, started = cpu_seconds(), time.monotonic()
     for path, shift in itertools.product(files, range(shifts)):
         # Leading silence moves every chunk and VAD boundary: another draw of the same speech.
         audio = np.concatenate([np.zeros(int(shift * SHIFT * 16000), np.float32), read_wav(path)])
         reference = json.loads(path.with_suffix(".json").read_text())
         pipeline = StreamingPipeline(backend, StreamOptions(language=reference["language"]), options)
-        step = int(chunk * 16000)
-        events = []
-        for i in range(0, len(audio), step):
-            events += pipeline.feed(audio[i : i + step])
-        events += pipeline.flush()
-        hypothesis = " ".join(e.text for e in events if isinstance(e, Final))
+        events, _ = simulate(pipeline, audio, chunk)
+        hypothesis = " ".join(e.text for _, e in events if isinstance(e, Final))
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
+        finals, firsts = latencies(events, reference["utterances"], shift * SHIFT)
+        final_lat += [v for v in finals if v is not None]
+        first_lat += [v for v in firsts if v is not None]
         decodes += pipeline.decodes
         audio_seconds += len(audio) / 16000
     return {
         **overrides,
         "wer": corpus_wer(pairs),
+        "final_lat_med": percentile(final_lat, 50),
+        "final_lat_p90": percentile(final_lat, 90),
+        "first_partial_med": percentile(first_lat, 50),
         "decodes_per_min": decodes / audio_seconds * 60,
         "cpu_per_audio_s": (cpu_seconds() - started_cpu) / audio_seconds,
         "wall_s": time.monotonic() - started,
     }
+
+
+def offline_wer(model: str, files: list[Path]) -> float:
+    """WER of offline faster-whisper on ``files`` (stream_bench's reference, cached on disk)."""
+    from bench.stream_bench import load_stream, offline_transcripts
+
+    streams = [load_stream(path) for path in files]
+    texts = offline_transcripts(model, streams)
+    return corpus_wer([(stream.reference, texts[stream.stream_id]) for stream in streams])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run each file N times, with 0, {SHIFT}, {2 * SHIFT:.2f} ... s of leading silence: "
         "WER differences of a few words between settings are noise unless they hold across draws",
     )
+    parser.add_argument(
+        "--offline", action="store_true", help="also the offline WER (cached) and each row's ratio to it"
+    )
     args = parser.parse_args(argv)
 
     from backends.local import LocalBackend, LocalBackendOptions
@@ -121,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(p.stem for p in args.files)
     )
     rows = [run_one(backend, args.files, combo, args.chunk, args.shifts) for combo in parse_sets(args.set)]
+    if args.offline:
+        offline = offline_wer(args.model, args.files)
+        print(f"# offline faster-whisper on the same files (beam 1, VAD filter): WER {offline:.3f}")
+        for row in rows:
+            row["wer_ratio"] = row["wer"] / offline if offline else float("nan")
     columns = list(rows[0])
     print("  ".join(f"{c:>16}" for c in columns))
     for row in rows:

@@ -49,6 +49,10 @@ class PipelineOptions:
     # words, and short windows are the cheapest to decode.
     early_step: float = 0.75
     early_period: float = 3.0  # seconds of utterance during which ``early_step`` applies
+    # Once a pause has lasted this long, decode at once: if the pause turns out to end the
+    # utterance (the VAD says so only after ``vad.min_silence``), that decode already holds
+    # the final words, so the final does not wait for a decode after the VAD's verdict.
+    end_probe: float = 0.1
     max_window: float = 15.0  # hard cap on the decoded window (seconds)
     sentence_trim: float = 8.0  # past this, trim the window at a committed sentence end
     vad: VadOptions = field(default_factory=VadOptions)
@@ -146,7 +150,7 @@ class StreamingPipeline(Stream):
                     self._begin(vad_event.sample)
             else:
                 events += self._finish(min(self._total, vad_event.sample + self._pad), speech_end=vad_event.sample)
-        if self._window_start is not None and self._total >= self._next_decode:
+        if self._window_start is not None and self._decode_due():
             events += self._step()
         if self._window_start is None:
             self._drop_before(self._total - self._pad)
@@ -174,6 +178,16 @@ class StreamingPipeline(Stream):
         self._next_decode = sample + int(self._p.first_step * SAMPLE_RATE)
         self._first_decode = True
 
+    def _decode_due(self) -> bool:
+        pause = getattr(self._vad, "pause_start", None)
+        if pause is not None:
+            probe = pause + int(self._p.end_probe * SAMPLE_RATE)
+            if self._last_decoded < probe:
+                # A step due earlier in the pause waits for the probe: it would decode the
+                # same words, and only the probe can stand in for the final decode.
+                return self._total >= probe
+        return self._total >= self._next_decode
+
     def _step(self) -> list[Event]:
         assert self._window_start is not None
         # The first decode of an utterance is the one a user waits for, and it only shows a
@@ -198,7 +212,7 @@ class StreamingPipeline(Stream):
         if self._window_start is None:
             return []
         events: list[Event] = []
-        covered = speech_end is not None and self._last_decoded >= speech_end + int(0.1 * SAMPLE_RATE)
+        covered = speech_end is not None and self._last_decoded >= speech_end + int(self._p.end_probe * SAMPLE_RATE)
         if covered and not self._last_silent:
             events += self._emit(self._agreement.commit_all())
         elif end > self._window_start:

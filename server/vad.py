@@ -107,5 +107,11 @@ class VoiceActivityDetector:
         return events
 
     @property
+    def pause_start(self) -> int | None:
+        """Stream sample where the current pause began, while it is too short to end the
+        utterance; None outside speech or while speech goes on."""
+        return self._silence_since * FRAME if self.in_speech and self._silence_since is not None else None
+
+    @property
     def samples_scored(self) -> int:
         return self._probs.frames * FRAME

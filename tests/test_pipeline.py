@@ -292,6 +292,39 @@ def test_utterances_are_decoded_only_while_speaking():
     assert partials and partials[-1].text == ""
 
 
+class LaggingVad(ScriptedVad):
+    """Times like Silero's: an end is reported ``lag`` (min_silence) after speech stops, and
+    meanwhile the pause shows as ``pause_start``."""
+
+    def __init__(self, spans: list[tuple[float, float]], lag: float = 0.3) -> None:
+        super().__init__([(start, end + lag) for start, end in spans])
+        self.spans, self.lag = spans, lag
+
+    def process(self, audio: np.ndarray) -> list[VadEvent]:
+        events = super().process(audio)
+        ends = {int((end + self.lag) * 16000): int(end * 16000) for _, end in self.spans}
+        return [VadEvent(e.kind, ends[e.sample]) if e.kind == "end" else e for e in events]
+
+    @property
+    def pause_start(self) -> int | None:
+        for _, end in self.spans:
+            if end * 16000 <= self.seen < (end + self.lag) * 16000:
+                return int(end * 16000)
+        return None
+
+
+def test_a_pause_is_decoded_at_once_and_that_decode_gives_the_final():
+    decoder = ScriptedDecoder()
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad([(1.0, 4.0)]))
+    events = run(pipeline, ramp(6.0))
+    # Steps at 1.3, 2.1, 2.9, 3.7 (the next one would be due at 4.45); speech stops at 4.0 and
+    # 0.1 s into the pause it is decoded. The VAD says "end" at 4.3: no decode after that.
+    ends = [round(end, 2) for _, end in decoder.windows]
+    assert ends == [1.3, 2.1, 2.9, 3.7, 4.1]
+    # Its words are committed when the VAD confirms the end: every slot up to 4.0 s.
+    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 16))
+
+
 def hallucination(**segment) -> DecodeResult:
     words = (Word(" ghost", 0.0, 0.3), Word(" words", 0.3, 0.6))
     fields = {"text": " ghost words", "start": 0.0, "end": 0.6, "words": words, **segment}

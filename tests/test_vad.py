@@ -56,3 +56,20 @@ def test_min_silence_controls_splitting(en00: Fixture):
     fine = [e for e in events_for(audio, 1600, VadOptions(min_silence=0.3)) if e[0] == "end"]
     coarse = [e for e in events_for(audio, 1600, VadOptions(min_silence=1.2)) if e[0] == "end"]
     assert len(coarse) < len(fine)
+
+
+def test_a_pause_shows_before_the_end_is_reported(en00: Fixture):
+    vad = VoiceActivityDetector()
+    audio = en00.audio[: 20 * 16000]
+    pause_seen: list[int] = []  # pause_start while each end was still pending
+    for i in range(0, len(audio), 512):
+        for event in vad.process(audio[i : i + 512]):
+            if event.kind == "end":
+                # The end is where the pause began, which was visible before the verdict.
+                assert pause_seen and pause_seen[-1] == event.sample
+                assert vad.pause_start is None
+        if vad.pause_start is not None:
+            pause_seen.append(vad.pause_start)
+            assert vad.in_speech and vad.pause_start <= i + 512
+    ends = [t for kind, t in events_for(audio, 1600) if kind == "end"]
+    assert ends and len(set(pause_seen)) >= len(ends)
