@@ -95,6 +95,7 @@ let mic = null;
 let runState = "idle"; // idle | starting | running | stopping
 let session = null; // `ready` payload of our running session
 let pendingChunks = []; // chunks captured between the microphone opening and `ready`
+let captureClock = null; // the audio clock where the capture's first chunk began (test hook)
 let timerStartedAt = null;
 let timerHandle = null;
 let stickToBottom = true;
@@ -444,6 +445,7 @@ function observeLatency(end) {
 // --- own session ----------------------------------------------------------------------------
 
 function onChunk(msg) {
+  if (captureClock === null && mic && mic.context) captureClock = mic.context.currentTime - msg.samples / TARGET_RATE;
   renderLevel(msg.rms, msg.peak);
   if (runState === "starting") pendingChunks.push(msg);
   else if ((runState === "running" || runState === "stopping") && session) sendChunk(msg);
@@ -464,6 +466,7 @@ async function startSession() {
   el.sessionState.textContent = "Opening the microphone…";
   updateControls();
 
+  captureClock = null;
   mic = new MicCapture({ onChunk, onEnded: onMicEnded, targetRate: TARGET_RATE });
   try {
     await mic.start();
@@ -772,8 +775,15 @@ function wireTestHook() {
   });
   client.on("ready", () => {
     console.info(`livescribe autostart: capturing at ${mic ? mic.contextRate : "unknown"} Hz`);
-    if (stopAfter > 0) setTimeout(stopSession, stopAfter * 1000);
+    if (stopAfter > 0) setTimeout(autostop, stopAfter * 1000);
   });
+  // What the page sent and how far the audio clock ran while capturing: a test compares them
+  // with what the server received (a starved CPU slows the audio clock, and the capture).
+  async function autostop() {
+    const clock = mic && mic.context && captureClock !== null ? mic.context.currentTime - captureClock : NaN;
+    await stopSession();
+    console.info(`livescribe autostart: sent ${latency.audioSeconds.toFixed(4)} s of audio; audio clock ${clock.toFixed(4)} s`);
+  }
 }
 
 function init() {

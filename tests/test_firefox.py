@@ -292,6 +292,10 @@ def test_firefox_captures_16k_chunks_through_the_worklet(tmp_path):
         while time.monotonic() < deadline and rec.stop_at is None:
             time.sleep(0.2)
         time.sleep(0.5)  # anything sent after `stop` would show up now
+        # The page logs what it sent once `stopped` came back.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "audio clock" not in log_path.read_text(errors="replace"):
+            time.sleep(0.1)
         log = log_path.read_text(errors="replace")
         assert rec.stop_at is not None, f"the page never stopped a session; starts={rec.starts}\n{log[-3000:]}"
 
@@ -314,13 +318,22 @@ def test_firefox_captures_16k_chunks_through_the_worklet(tmp_path):
     assert 0 < sizes[-1] <= CHUNK_BYTES and sizes[-1] % 2 == 0, sizes[-1]
     assert rec.audio_after_stop == 0
 
-    # As much audio as the page captured: AUTOSTOP_S after `ready` (plus what it held from
-    # before `ready`), and in real time: what arrived matches the wall time ready -> stop.
+    # Every sample the page sent arrived, and the page sent what its audio clock ran: the
+    # capture is real time by the browser's own clock. Against the wall clock the bound is
+    # loose: a CPU-starved Firefox runs its fake microphone and audio clock slow (2.64 s of
+    # audio for a 4 s autostop was seen while other tests ran).
     seconds = sum(sizes) / 32000
     wall = rec.stop_at - rec.ready_at
-    print(f"context {context_rate} Hz; {len(sizes)} chunks, {seconds:.2f} s of audio; ready->stop {wall:.2f} s")
-    assert abs(seconds - AUTOSTOP_S) <= 0.2 * AUTOSTOP_S, (seconds, AUTOSTOP_S)
-    assert abs(seconds - wall) <= 0.2 * wall, (seconds, wall)
+    match = re.search(r"livescribe autostart: sent ([\d.]+) s of audio; audio clock ([\d.]+) s", log)
+    assert match, f"no sent/clock line on Firefox's console:\n{log[-3000:]}"
+    sent, clock = float(match.group(1)), float(match.group(2))
+    print(
+        f"context {context_rate} Hz; {len(sizes)} chunks, {seconds:.3f} s of audio received, {sent:.3f} s sent;"
+        f" audio clock {clock:.3f} s; ready->stop {wall:.2f} s"
+    )
+    assert abs(seconds - sent) < 0.001, (seconds, sent)
+    assert abs(seconds - clock) <= 0.05 * clock + 0.15, (seconds, clock)
+    assert 0.5 * AUTOSTOP_S <= seconds <= 1.5 * wall + 0.5, (seconds, AUTOSTOP_S, wall)
 
     # The fake microphone's tone, at its true frequency: the worklet resampled from the rate
     # the context really ran at (a wrong ratio moves it, e.g. 44.1 vs 48 kHz by 8.8%), and the
