@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import resource
 import sys
 import time
@@ -152,9 +153,23 @@ def offline_wer(model: str, files: list[Path]) -> float:
     return corpus_wer([(stream.reference, texts[stream.stream_id]) for stream in streams])
 
 
+def _short(arg: str) -> str:
+    """A file argument as the command line would be typed here: relative, or from ``~``."""
+    path = Path(arg)
+    if not path.exists():
+        return arg
+    relative = os.path.relpath(path.resolve())
+    if not relative.startswith(".."):
+        return relative
+    home = str(Path.home())
+    return "~" + str(path.resolve())[len(home) :] if str(path.resolve()).startswith(home + os.sep) else arg
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline_sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="*", type=Path, default=DEFAULT_FILES, help="WAVs with a JSON reference beside")
+    parser.add_argument(
+        "files", nargs="*", type=Path, default=DEFAULT_FILES, help="WAVs with a JSON reference beside, or folders"
+    )
     parser.add_argument(
         "--set", action="append", default=[], help="PipelineOptions field=v1,v2,... (repeatable; vad.min_silence=...)"
     )
@@ -172,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         "--offline", action="store_true", help="also the offline WER (cached) and each row's ratio to it"
     )
     args = parser.parse_args(argv)
+    args.files = [f for path in args.files for f in (sorted(path.glob("*.wav")) if path.is_dir() else [path])]
 
     from backends.local import LocalBackend, LocalBackendOptions
 
     backend = LocalBackend(LocalBackendOptions(model=args.model, num_workers=1, cpu_threads=args.threads))
     backend.load()
-    print(f"# python -m bench.pipeline_sweep {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
+    shown = [_short(arg) for arg in (sys.argv[1:] if argv is None else argv)]
+    print(f"# python -m bench.pipeline_sweep {' '.join(shown)}".rstrip())
     print(
         f"# model {args.model}, {args.threads} thread(s), {args.chunk * 1000:.0f} ms chunks, files: "
         + ", ".join(p.stem for p in args.files)

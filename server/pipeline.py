@@ -47,7 +47,7 @@ class PipelineOptions:
     first_step: float = 0.3  # seconds of speech before an utterance's first decode
     # Young utterances are decoded more often: that is when a user waits for the first
     # words, and short windows are the cheapest to decode.
-    early_step: float = 0.75
+    early_step: float = 1.0
     early_period: float = 3.0  # seconds of utterance during which ``early_step`` applies
     # Once a pause has lasted this long, decode at once: if the pause turns out to end the
     # utterance (the VAD says so only after ``vad.min_silence``), that decode already holds
@@ -61,6 +61,9 @@ class PipelineOptions:
     encoder_factor: float = 2.0
     min_encoder_frames: int = 1000
     final_full_context: bool = False  # decode the end of each utterance with the full 30 s
+    # Encoder frames at least for the decodes that give an utterance's last words (at a pause
+    # and at the end); 0: as for the other steps.
+    end_encoder_frames: int = 0
     prompt_words: int = 32  # committed words before the window given as the prompt
     # Seconds of earlier committed speech (silence left out) decoded in front of the window,
     # its committed text forced as the decoder's prefix: what offline Whisper hears around a
@@ -193,7 +196,9 @@ class StreamingPipeline(Stream):
         # The first decode of an utterance is the one a user waits for, and it only shows a
         # partial: it goes without the context, whose encoder frames cost latency.
         first, self._first_decode = self._first_decode, False
-        words, silent, events = self._decode(self._window_start, self._total, final=False, context=not first)
+        # A decode in a pause is likely the utterance's last (see ``end_probe``).
+        pausing = getattr(self._vad, "pause_start", None) is not None
+        words, silent, events = self._decode(self._window_start, self._total, final=pausing, context=not first)
         self._last_decoded, self._last_silent = self._total, silent
         committed = self._agreement.insert(words, until=self._total / SAMPLE_RATE - self._p.commit_margin)
         events += self._emit(committed)
@@ -265,7 +270,8 @@ class StreamingPipeline(Stream):
         if full_context or (final and self._p.final_full_context) or not self._p.encoder_factor:
             frames = None
         else:
-            frames = encoder_frames_for(len(audio), self._p.encoder_factor, self._p.min_encoder_frames)
+            minimum = max(self._p.min_encoder_frames, self._p.end_encoder_frames if final else 0)
+            frames = encoder_frames_for(len(audio), self._p.encoder_factor, minimum)
         prompt = _text(before[-self._p.prompt_words :]) if self._p.prompt_words else ""
         result = self._decoder.decode(
             audio,

@@ -315,14 +315,15 @@ class LaggingVad(ScriptedVad):
 
 def test_a_pause_is_decoded_at_once_and_that_decode_gives_the_final():
     decoder = ScriptedDecoder()
-    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad([(1.0, 4.0)]))
-    events = run(pipeline, ramp(6.0))
-    # Steps at 1.3, 2.1, 2.9, 3.7 (the next one would be due at 4.45); speech stops at 4.0 and
-    # 0.1 s into the pause it is decoded. The VAD says "end" at 4.3: no decode after that.
+    options = PipelineOptions(first_step=0.3, early_step=0.75, early_period=3.0, end_probe=0.1)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 4.25)]))
+    events = run(pipeline, ramp(6.0), chunk_seconds=0.05)
+    # Steps at 1.3, 2.05, 2.8, 3.55; the next, due at 4.3, falls in the pause that began at
+    # 4.25 and waits for the decode 0.1 s into it. The VAD says "end" at 4.55: no decode then.
     ends = [round(end, 2) for _, end in decoder.windows]
-    assert ends == [1.3, 2.1, 2.9, 3.7, 4.1]
-    # Its words are committed when the VAD confirms the end: every slot up to 4.0 s.
-    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 16))
+    assert ends == [1.3, 2.05, 2.8, 3.55, 4.35]
+    # Its words are committed when the VAD confirms the end: every slot up to 4.25 s.
+    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 17))
 
 
 def hallucination(**segment) -> DecodeResult:
