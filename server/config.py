@@ -193,7 +193,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--final-full-context",
         "LIVESCRIBE_FINAL_FULL_CONTEXT",
         False,
-        "decode each utterance's end with Whisper's full 30 s context (slower, see docs/PIPELINE.md)",
+        "decode an utterance's last words (at pauses) with Whisper's full 30 s context (slower, docs/PIPELINE.md)",
         type=_bool,
     )
 

@@ -45,8 +45,8 @@ SENTENCE_END = (".", "?", "!", "。", "？", "！")
 class PipelineOptions:
     step: float = 1.0  # seconds of new audio between decodes of an utterance
     first_step: float = 0.3  # seconds of speech before an utterance's first decode
-    # Young utterances are decoded more often: that is when a user waits for the first
-    # words, and short windows are the cheapest to decode.
+    # Young utterances may be decoded more often (a user waits for their first words). Since a
+    # pause is decoded at once (``end_probe``), finals do not need it: the default is ``step``.
     early_step: float = 1.0
     early_period: float = 3.0  # seconds of utterance during which ``early_step`` applies
     # Once a pause has lasted this long, decode at once: if the pause turns out to end the
@@ -60,10 +60,8 @@ class PipelineOptions:
     # length, at least ``min_encoder_frames`` (10 ms frames). None/0 factor: Whisper's 30 s.
     encoder_factor: float = 2.0
     min_encoder_frames: int = 1000
-    final_full_context: bool = False  # decode the end of each utterance with the full 30 s
-    # Encoder frames at least for the decodes that give an utterance's last words (at a pause
-    # and at the end); 0: as for the other steps.
-    end_encoder_frames: int = 0
+    # Decode an utterance's last words (at a pause and at the end) with the full 30 s.
+    final_full_context: bool = False
     prompt_words: int = 32  # committed words before the window given as the prompt
     # Seconds of earlier committed speech (silence left out) decoded in front of the window,
     # its committed text forced as the decoder's prefix: what offline Whisper hears around a
@@ -182,7 +180,7 @@ class StreamingPipeline(Stream):
         self._first_decode = True
 
     def _decode_due(self) -> bool:
-        pause = getattr(self._vad, "pause_start", None)
+        pause = self._vad.pause_start
         if pause is not None:
             probe = pause + int(self._p.end_probe * SAMPLE_RATE)
             if self._last_decoded < probe:
@@ -197,7 +195,7 @@ class StreamingPipeline(Stream):
         # partial: it goes without the context, whose encoder frames cost latency.
         first, self._first_decode = self._first_decode, False
         # A decode in a pause is likely the utterance's last (see ``end_probe``).
-        pausing = getattr(self._vad, "pause_start", None) is not None
+        pausing = self._vad.pause_start is not None
         words, silent, events = self._decode(self._window_start, self._total, final=pausing, context=not first)
         self._last_decoded, self._last_silent = self._total, silent
         committed = self._agreement.insert(words, until=self._total / SAMPLE_RATE - self._p.commit_margin)
@@ -270,8 +268,7 @@ class StreamingPipeline(Stream):
         if full_context or (final and self._p.final_full_context) or not self._p.encoder_factor:
             frames = None
         else:
-            minimum = max(self._p.min_encoder_frames, self._p.end_encoder_frames if final else 0)
-            frames = encoder_frames_for(len(audio), self._p.encoder_factor, minimum)
+            frames = encoder_frames_for(len(audio), self._p.encoder_factor, self._p.min_encoder_frames)
         prompt = _text(before[-self._p.prompt_words :]) if self._p.prompt_words else ""
         result = self._decoder.decode(
             audio,

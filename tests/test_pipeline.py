@@ -110,7 +110,9 @@ RAMP = 1e-7  # the scripted audio encodes its own stream position: sample i hold
 
 
 class ScriptedVad:
-    """Speech during the given (start, end) seconds."""
+    """Speech during the given (start, end) seconds, each end reported at once."""
+
+    pause_start: int | None = None
 
     def __init__(self, spans: list[tuple[float, float]]) -> None:
         self.marks = sorted([(s, "start") for s, _ in spans] + [(e, "end") for _, e in spans])
