@@ -31,6 +31,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import importlib.util
 import logging
 import sys
@@ -310,7 +311,9 @@ class CloudStream(Stream):
         self._eot_event: asyncio.Event | None = None
         self._thread_done = allocate_lock()
         self._thread_done.acquire()
-        start_new_thread(self._thread_main, ())
+        # The loop thread runs in the caller's context: its log lines carry the session id
+        # (server/logs.py), which a new thread would otherwise not inherit.
+        start_new_thread(contextvars.copy_context().run, (self._thread_main,))
 
     # --- the caller's side (session worker thread) -------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -19,6 +20,7 @@ from backends.base import Final, LanguageDetected, Partial, StreamOptions
 from backends.cloud import CloudBackend, CloudBackendOptions, CloudStream, speechmatics_language
 from backends.errors import BackendFailure, BackendUnavailable, CloudError, ConfigurationError, InvalidRequest
 from bench.wer import normalize
+from server.logs import FORMAT, SessionFilter, in_session
 from tests.fakes.speechmatics import FakeSpeechmatics, Utterance, load_utterances
 
 pytestmark = pytest.mark.timeout(60)
@@ -157,6 +159,30 @@ def test_quota_exceeded_at_start() -> None:
         fake.wait_for_sessions(1)
     assert raised.value.code == "cloud_quota_exceeded"
     assert fake.sessions[0].error == "quota_exceeded" and fake.sessions[0].frames == 0
+
+
+def test_lines_logged_on_the_stream_thread_carry_the_session_id() -> None:
+    capture = _LogCapture()
+    log = logging.getLogger("backends.cloud")
+    log.addHandler(capture)
+    try:
+        with FakeSpeechmatics(quota_exceeded=True) as fake, pytest.raises(CloudError):
+            in_session("s-42", backend_for(fake).open_stream)(StreamOptions(language="en"))
+    finally:
+        log.removeHandler(capture)
+    failed = [line for line in capture.lines if "Speechmatics session failed" in line]
+    assert failed and all("session=s-42:" in line for line in failed), capture.lines
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.addFilter(SessionFilter())
+        self.setFormatter(logging.Formatter(FORMAT))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 def test_unreachable_service() -> None:
