@@ -3,7 +3,7 @@
 :func:`analyze` is a pure function used for live sessions (through :class:`SessionAnalysis`,
 a session listener that adds ``analysis`` to the ``stopped`` payload) and for uploaded files.
 
-Speaking time comes from VAD speech spans when the stream produced them (the local pipeline
+Speaking time comes from VAD speech spans where the stream produced them (the local pipeline
 does), else from word times (a cloud stream has no VAD of ours), else it is unknown.
 """
 
@@ -57,25 +57,25 @@ def analyze(
     duration: float,
     language: str | None,
     pause_threshold: float = PAUSE_THRESHOLD,
+    vad_from: float = 0.0,
 ) -> dict[str, Any]:
     """Analyse a transcript.
 
     ``items``: timed :class:`Word`\\ s, :class:`Final` events or :class:`Segment`\\ s (their
     words are used when present) or plain texts. ``speech_spans``: ``(start, end)`` seconds of
-    speech from a VAD, possibly empty. ``duration``: seconds of audio.
+    speech from a VAD, possibly empty. ``duration``: seconds of audio. ``vad_from``: where the
+    VAD began to run (a session that failed over from the cloud); word times stand in before.
     """
     texts, timed = _collect(items)
     transcript = " ".join(t.strip() for t in texts if t.strip())
     tokens = tokenize(transcript)
 
-    spans = _merge(_clip(speech_spans, duration), 0.0)
-    source = "vad"
-    if not spans and timed:
-        # No VAD: speech runs are words closer together than a pause.
-        spans = _merge(_clip(timed, duration), pause_threshold)
-        source = "words"
-    if not spans:
-        source = "none"
+    vad = _merge(_clip(speech_spans, duration), 0.0)
+    # Where no VAD ran, speech runs are words closer together than a pause.
+    unvoiced = [(s, min(e, vad_from)) for s, e in timed if s < vad_from] if vad else timed
+    words = _merge(_clip(unvoiced, duration), pause_threshold)
+    spans = _merge(sorted(vad + words), 0.0)
+    source = "+".join(name for name, part in (("vad", vad), ("words", words)) if part) or "none"
     speaking = sum(end - start for start, end in spans) if spans else None
     gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
     pauses = [g for g in gaps if g >= pause_threshold]
@@ -170,6 +170,7 @@ class SessionAnalysis:
     def __init__(self, pause_threshold: float = PAUSE_THRESHOLD) -> None:
         self.pause_threshold = pause_threshold
         self._finals: dict[str, list[Final]] = {}
+        self._vad_from: dict[str, float] = {}  # session -> session time its VAD spans start
         self._lock = threading.Lock()
 
     def __call__(self, kind: str, session: Any, detail: Any) -> None:
@@ -186,10 +187,15 @@ class SessionAnalysis:
             )
             with self._lock:
                 self._finals.setdefault(session.id, []).append(final)
+        elif kind == "failover":
+            # The local stream (with its VAD) takes over here; the cloud had no VAD of ours.
+            with self._lock:
+                self._vad_from[session.id] = session.offset
         elif kind == "stopped":
             with self._lock:
                 finals = self._finals.pop(session.id, [])
+                vad_from = self._vad_from.pop(session.id, 0.0)
             detail["analysis"] = analyze(
-                finals, list(session.speech), session.duration, session.language, self.pause_threshold
+                finals, list(session.speech), session.duration, session.language, self.pause_threshold, vad_from
             )
             logger.debug("session=%s analysis: %s", session.id, detail["analysis"])

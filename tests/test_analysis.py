@@ -114,6 +114,27 @@ def test_listener_uses_session_time_and_final_words():
     assert analysis["fillers"]["counts"] == {"um": 1}
 
 
+def test_after_a_failover_the_cloud_part_counts_by_word_times():
+    """Cloud first (no VAD), then the local stream from 5 s on: its VAD spans cover only that
+    part, and the cloud's speech must not be left out of the speaking time."""
+    listener = SessionAnalysis()
+    session = SimpleNamespace(id="s2", offset=0.0, speech=[], duration=12.0, language="en")
+    listener("started", session, None)
+    listener("event", session, Final("Hello there.", 0.5, 1.5, (Word(" Hello", 0.5, 0.9), Word(" there.", 0.9, 1.5))))
+    session.offset = 5.0
+    listener("failover", session, None)
+    listener("event", session, Final("Again.", 0.5, 1.0, (Word(" Again.", 0.5, 1.0),)))
+    session.speech.append((5.3, 6.3))  # the local pipeline's VAD span, in session time
+    payload = {"session_id": "s2", "duration": 12.0, "transcript": "Hello there. Again."}
+    listener("stopped", session, payload)
+    analysis = payload["analysis"]
+    assert analysis["speaking_time_source"] == "vad+words"
+    assert analysis["speaking_time"] == pytest.approx(1.0 + 1.0)
+    assert analysis["pauses"]["count"] == 1 and analysis["pauses"]["longest"] == pytest.approx(3.8)
+    # Without a failover a VAD'd session counts its VAD spans only.
+    assert analyze(["x"], [(1.0, 2.0)], 3.0, "en")["speaking_time_source"] == "vad"
+
+
 def test_stopped_carries_the_analysis(socketio, app, en00: Fixture):
     clip = en00.clip(15.0)
     client = TestClientRecorder(socketio.test_client(app))
