@@ -80,6 +80,9 @@ class Session:
     retained: list[np.ndarray] = field(default_factory=list)
     retained_from: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    # Held while audio is accepted and while a failure ends the session: with native threads
+    # (threading mode) a chunk could otherwise be accepted after the failure counted the audio.
+    accepting: threading.Lock = field(default_factory=threading.Lock)
     failed: bool = False  # a backend failure that could not be recovered ended the session
 
     @property
@@ -203,8 +206,11 @@ class SessionManager:
                 code="overloaded",
             )
         if samples.size:
-            session.accepted += len(samples)
-            session.queue.put(samples)
+            with session.accepting:
+                if session.state != "running":  # a failure ended the session meanwhile
+                    raise _not_started()
+                session.accepted += len(samples)
+                session.queue.put(samples)
             self._notify("audio", session, len(samples))  # metrics: when each sample arrived
 
     def stop(self, sid: str) -> Session:
@@ -241,7 +247,7 @@ class SessionManager:
     def _running(self, sid: str) -> Session:
         session = self._by_owner.get(sid)
         if session is None or session.state != "running":
-            raise InvalidRequest("no session is running on this connection; send start first", code="not_started")
+            raise _not_started()
         return session
 
     def _open_stream(self, backend: Backend, options: StreamOptions) -> Stream:
@@ -252,12 +258,13 @@ class SessionManager:
         raise BackendUnavailable(f"backend '{backend.name}' cannot stream")
 
     def _stop(self, session: Session) -> None:
-        session.state = "stopping"
-        tail = session.resampler.flush()
-        if tail.size:
-            session.accepted += len(tail)
-            session.queue.put(tail)
-        session.queue.put(_STOP)
+        with session.accepting:  # no chunk may follow _STOP into the queue (server shutdown)
+            session.state = "stopping"
+            tail = session.resampler.flush()
+            if tail.size:
+                session.accepted += len(tail)
+                session.queue.put(tail)
+            session.queue.put(_STOP)
 
     def _worker(self, session: Session) -> None:
         """Drain the queue in order; batch whatever piled up while the last decode ran."""
@@ -333,9 +340,10 @@ class SessionManager:
                 # A cloud stream stays failed: end the session with one fatal error naming all
                 # the audio it cost, instead of failing (and reporting) again on every chunk.
                 # Stopping first refuses audio from now on, so the span below is complete.
-                session.state = "stopping"
-                session.failed = True
-                end = max(end, session.accepted)
+                with session.accepting:
+                    session.state = "stopping"
+                    session.failed = True
+                    end = max(end, session.accepted)
                 fatal = True
             logger.warning("session %s: %s (%s)", session.id, exc.message, exc.code)
             self._error(
@@ -497,3 +505,7 @@ def _supports(backend: Backend, options: StreamOptions) -> bool:
     except TranscriptionError:
         return False
     return True
+
+
+def _not_started() -> InvalidRequest:
+    return InvalidRequest("no session is running on this connection; send start first", code="not_started")

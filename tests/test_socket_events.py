@@ -305,3 +305,40 @@ def test_a_failed_decode_is_reported_and_the_session_goes_on(local_backend, en00
     later = " ".join(u["text"] for u in clip.reference["utterances"] if u["start"] > 6.0)
     finals_after = " ".join(f["text"] for f in client.named("final") if f["start"] > 6.0)
     assert wer(later, finals_after) < 0.2
+
+
+def test_audio_racing_a_failure_is_refused_not_lost(socketio, app):
+    """With native threads a chunk can pass the "running" check while a failure ends the
+    session; the failure counts the audio accepted so far, so that chunk must be refused."""
+    import threading
+
+    from backends.errors import InvalidRequest
+
+    recorder = connect(socketio, app)
+    start(recorder, language="en")
+    manager = get_context(app).sessions
+    ((sid, session),) = manager._by_owner.items()
+    held = threading.Lock()
+    held.acquire()
+    session.accepting = held  # the handler will wait here, as if the failure held it
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            manager.audio(sid, b"\x00\x01" * 1600)
+            outcome.append("accepted")
+        except InvalidRequest as exc:
+            outcome.append(exc.code)
+
+    accepted = session.accepted
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join(0.2)
+    assert sender.is_alive(), "audio() did not wait for the lock"
+    session.state = "stopping"  # what a fatal failure does while holding the lock
+    held.release()
+    sender.join(5)
+    assert outcome == ["not_started"] and session.accepted == accepted
+    session.state = "running"
+    recorder.client.emit("stop")
+    recorder.wait_for("stopped")
