@@ -68,9 +68,9 @@ def _with(options, path: list[str], value: float):
     return dataclasses.replace(options, **{path[0]: typed})
 
 
-def simulate(pipeline, audio: np.ndarray, chunk: float) -> tuple[list[tuple[float, object]], float]:
+def simulate(pipeline, audio: np.ndarray, chunk: float) -> list[tuple[float, object]]:
     """Feed ``audio`` in ``chunk``-second pieces on a simulated clock (module docstring):
-    the events with their arrival times, and the simulated time at the end."""
+    the events with their arrival times."""
     step = int(chunk * 16000)
     count = -(-len(audio) // step)
     events: list[tuple[float, object]] = []
@@ -87,22 +87,22 @@ def simulate(pipeline, audio: np.ndarray, chunk: float) -> tuple[list[tuple[floa
     started = time.perf_counter()
     batch = pipeline.flush()
     now += time.perf_counter() - started
-    return events + [(now, e) for e in batch], now
+    return events + [(now, e) for e in batch]
 
 
 def latencies(events: list[tuple[float, object]], utterances: list[dict], shift: float) -> tuple[list, list]:
     """Final and first-partial latency per reference utterance (None: never shown)."""
     from backends.base import Final, Partial
     from bench.stream_bench import SessionRecord, Utterance, final_latencies, first_partial_latencies
+    from server.protocol import final_payload, partial_payload
 
+    # The events as a client would have received them.
     record = SessionRecord(stream_id="", client=0, duration=0.0)
     for arrival, event in events:
         if isinstance(event, Final):
-            words = [{"word": w.text, "start": w.start, "end": w.end} for w in event.words]
-            payload = {"text": event.text, "start": event.start, "end": event.end, "words": words}
-            record.finals.append((arrival, payload))
+            record.finals.append((arrival, final_payload("", 0, event, 0.0)))
         elif isinstance(event, Partial):
-            record.partials.append((arrival, {"text": event.text, "start": event.start, "end": event.end}))
+            record.partials.append((arrival, partial_payload("", event, 0.0)))
     utts = [Utterance(u["start"] + shift, u["end"] + shift, u["text"]) for u in utterances]
     return final_latencies(record, utts), first_partial_latencies(record, utts)
 
@@ -124,7 +124,7 @@ def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: floa
         audio = np.concatenate([np.zeros(int(shift * SHIFT * 16000), np.float32), read_wav(path)])
         reference = json.loads(path.with_suffix(".json").read_text())
         pipeline = StreamingPipeline(backend, StreamOptions(language=reference["language"]), options)
-        events, _ = simulate(pipeline, audio, chunk)
+        events = simulate(pipeline, audio, chunk)
         hypothesis = " ".join(e.text for _, e in events if isinstance(e, Final))
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
         finals, firsts = latencies(events, reference["utterances"], shift * SHIFT)
@@ -155,14 +155,13 @@ def offline_wer(model: str, files: list[Path]) -> float:
 
 def _short(arg: str) -> str:
     """A file argument as the command line would be typed here: relative, or from ``~``."""
-    path = Path(arg)
+    path = Path(arg).resolve()
     if not path.exists():
         return arg
-    relative = os.path.relpath(path.resolve())
+    relative = os.path.relpath(path)
     if not relative.startswith(".."):
         return relative
-    home = str(Path.home())
-    return "~" + str(path.resolve())[len(home) :] if str(path.resolve()).startswith(home + os.sep) else arg
+    return f"~/{path.relative_to(Path.home())}" if path.is_relative_to(Path.home()) else arg
 
 
 def main(argv: list[str] | None = None) -> int:
