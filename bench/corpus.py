@@ -2,7 +2,7 @@
 
 Fetches the Debian packages asterisk-core-sounds-en-wav (8 kHz prompts, voice en_US_f_Allison) and
 asterisk-core-sounds-en (their transcripts), checks their sha256, unpacks them in pure Python (ar +
-tar), keeps the top-level spoken prompts whose source no dev JSON names, resamples them to 16 kHz,
+tar), keeps the top-level spoken prompts the dev streams do not use, resamples them to 16 kHz,
 trims their silence (10 ms frames below -45 dBFS RMS, 30 ms margin kept) and joins random prompts,
 each used once, with 0.4-1.5 s of silence into ~60 s streams: DIR/en-heldout-NN.wav (16 kHz mono
 s16) with DIR/en-heldout-NN.json beside it ({"language", "duration", "utterances": [{"start",
