@@ -12,8 +12,6 @@ from collections.abc import Sequence
 
 from backends.base import Word, word_key
 
-__all__ = ["LocalAgreement", "drop_repetitions", "word_key"]
-
 
 def drop_repetitions(words: Sequence[Word], max_n: int = 6, keep: int = 0) -> list[Word]:
     """Cut decoder loops: an n-gram repeated back to back (3+ times, or twice for n >= 3).

@@ -401,9 +401,7 @@ class StreamingPipeline(Stream):
         audio = np.concatenate(
             [self._context_audio, self._buffer[start - self._buffer_start : end - self._buffer_start]]
         )
-        kept = self._context_words + [
-            Word(text=w.text, start=w.start + shift, end=w.end + shift, probability=w.probability) for w in words
-        ]
+        kept = self._context_words + [_shifted(w, shift) for w in words]
         self._context_audio, self._context_words = _tail(audio, kept, self._p.context)
 
     def _drop_before(self, sample: int) -> None:

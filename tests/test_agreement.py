@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backends.base import Word
-from server.agreement import LocalAgreement, drop_repetitions, word_key
+from backends.base import Word, word_key
+from server.agreement import LocalAgreement, drop_repetitions
 
 
 def words(text: str, start: float = 0.0, step: float = 0.3) -> list[Word]:
