@@ -38,6 +38,22 @@ def drop_repetitions(words: Sequence[Word], max_n: int = 6, keep: int = 0) -> li
     return list(words)
 
 
+def continues(previous: Word, word: Word) -> bool:
+    """Whether ``word`` is the rest of ``previous``: Whisper's word splitting starts a new
+    "word" at a punctuation token, so "non-administrator" comes as " non" + "-administrator"
+    and "pre-pending" as " pre" + "-pending". Words of space-delimited text start with a
+    space; in text without spaces (Chinese, Japanese) neither word does, and nothing joins.
+    """
+    return previous.text[:1].isspace() and not word.text[:1].isspace() and bool(word.text)
+
+
+def whole_words(words: Sequence[Word], count: int) -> int:
+    """The largest ``n <= count`` such that ``words[:n]`` does not end inside a word."""
+    while 0 < count < len(words) and continues(words[count - 1], words[count]):
+        count -= 1
+    return count
+
+
 class LocalAgreement:
     """The commit state of one utterance stream (times are absolute stream seconds).
 
@@ -62,6 +78,9 @@ class LocalAgreement:
             if word_key(old.text) != word_key(cur.text) or (until is not None and cur.end > until):
                 break
             agreed += 1
+        # A final that ends inside a word would show "non -administrator" once the client
+        # joins it to the next final.
+        agreed = whole_words(hypothesis, agreed)
         committed = list(hypothesis[:agreed])
         self._previous = list(hypothesis[agreed:])
         self._commit(committed)
@@ -76,7 +95,8 @@ class LocalAgreement:
 
     def commit_before(self, time: float) -> list[Word]:
         """Force-commit the pending words that end before ``time`` (window trimming)."""
-        committed = [w for w in self._previous if w.end <= time]
+        count = whole_words(self._previous, sum(1 for w in self._previous if w.end <= time))
+        committed = self._previous[:count]
         self._previous = self._previous[len(committed) :]
         self._commit(committed)
         return committed

@@ -66,6 +66,28 @@ def test_commit_before_forces_old_pending_words():
     assert abs(agreement.committed_end - 0.9) < 1e-9
 
 
+def test_a_commit_never_ends_inside_a_word():
+    # Whisper splits "non-administrator" into " non" + "-administrator": committing " non"
+    # alone made a final end mid-word, and the client showed "non -administrator".
+    split = [Word(" all", 0.0, 0.3), Word(" non", 0.3, 0.6), Word("-administrator", 0.6, 1.2), Word(" users", 1.2, 1.5)]
+    agreement = LocalAgreement()
+    agreement.insert(split)
+    assert texts(agreement.insert(split, until=0.9)) == ["all"]
+    assert texts(agreement.insert(split[1:], until=1.5)) == ["non", "-administrator", "users"]
+    agreement = LocalAgreement()
+    agreement.insert(split)
+    assert texts(agreement.commit_before(0.7)) == ["all"]
+    assert texts(agreement.pending) == ["non", "-administrator", "users"]
+
+
+def test_words_of_text_without_spaces_commit_one_by_one():
+    # Chinese and Japanese words come without leading spaces: none continues another.
+    chinese = [Word("你好", 0.0, 0.4), Word("世界", 0.4, 0.8), Word("朋友", 0.8, 1.2)]
+    agreement = LocalAgreement()
+    agreement.insert(chinese)
+    assert texts(agreement.insert(chinese, until=0.8)) == ["你好", "世界"]
+
+
 def test_drop_repetitions_cuts_decoder_loops():
     looped = words("press 1 4 press 1 4 press 1 4")
     assert texts(drop_repetitions(looped)) == ["press", "1", "4"]
