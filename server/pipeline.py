@@ -67,6 +67,9 @@ class PipelineOptions:
     # its committed text forced as the decoder's prefix: what offline Whisper hears around a
     # phrase, without decoding it again.
     context: float = 5.0
+    # The same for step decodes that are not at a pause (they show partials and commit what
+    # two of them agree on); None: ``context``.
+    step_context: float | None = None
     # Agreed words commit only once they end this long before the audio does: the newest words
     # of a window change most, even when two decodes agree on them.
     commit_margin: float = 1.0
@@ -256,8 +259,11 @@ class StreamingPipeline(Stream):
         window = self._buffer[start - self._buffer_start : end - self._buffer_start]
         offset = start / SAMPLE_RATE  # stream time of the window's start
         context_audio, context_words = self._context_audio, self._context_words
-        if not (context and context_words):
+        limit = self._p.context if final or self._p.step_context is None else self._p.step_context
+        if not (context and context_words) or limit <= 0:
             context_audio, context_words = context_audio[:0], []
+        elif limit < self._p.context:
+            context_audio, context_words = _tail(context_audio, context_words, limit)
         lead = len(context_audio) / SAMPLE_RATE
         audio = np.concatenate([context_audio, window]) if lead else window
         # Committed words in decoded-audio time: the context's, then the window's.

@@ -362,3 +362,22 @@ def test_words_in_the_padding_are_dropped():
     decoder = ScriptedDecoder(result=result)
     pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=ScriptedVad([(0.2, 1.2)]))
     assert committed_words(run(pipeline, ramp(3.0))) == ["real"]
+
+
+def test_step_context_limits_the_context_of_steps_but_not_of_pause_decodes():
+    decoder = ScriptedDecoder()
+    spans = [(1.0, 5.0), (6.0, 9.0)]
+    options = PipelineOptions(context=4.0, step_context=1.0, end_probe=0.1)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad(spans))
+    events = run(pipeline, ramp(10.0), chunk_seconds=0.05)
+    numbers = [slot(w) for w in committed_words(events)]
+    assert numbers == sorted(set(numbers))
+    leads = {}  # decode end -> seconds of context in front of the window
+    for pieces in decoder.pieces:
+        leads[round(pieces[-1][1], 2)] = sum(end - start for start, end in pieces[:-1])
+    second = {end: lead for end, lead in leads.items() if end > 6.0}
+    pause = round(9.0 + options.end_probe, 2)
+    steps = [lead for end, lead in second.items() if end != pause and lead > 0]
+    # Steps in the second utterance hear at most 1 s of the first; its pause decode up to 4 s.
+    assert steps and all(lead <= 1.0 + 1e-6 for lead in steps)
+    assert 3.0 < second[pause] <= 4.0 + 1e-6
