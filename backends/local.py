@@ -48,6 +48,12 @@ LIVE_POLL_SECONDS = 0.005
 # Frames of zero-padding below which a short window makes the decoder loop (measured: a
 # 1.5 s phrase padded to 2x its length repeated itself; padded to 10 s it did not).
 MIN_ENCODER_FRAMES = 1000
+# A bound on the tokens a decode may write per second of audio, to stop decoder loops early.
+# Speech runs at 3-5 tokens a second (words, punctuation, timestamps); on a 0.5 s window tiny.en
+# sometimes loops ("Press. Press. Press. ...") to Whisper's 448-token limit, which took 1.2-1.6 s
+# where the decode should take 0.16 s, and delayed every final after it.
+MAX_TOKENS_PER_SECOND = 12
+MIN_NEW_TOKENS = 16
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
@@ -300,7 +306,9 @@ class LocalBackend(DecoderBackend):
             prefix = "".join(w.text for w in options.prefix).strip() or None
             without_timestamps = prefix is not None
             prompt = model.get_prompt(tokenizer, previous[-200:], without_timestamps=without_timestamps, prefix=prefix)
-            transcription_options = self._transcription_options(tokenizer, options, without_timestamps)
+            budget = MIN_NEW_TOKENS + int(MAX_TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE)
+            max_new_tokens = max(1, min(budget, model.max_length - len(prompt)))
+            transcription_options = self._transcription_options(tokenizer, options, without_timestamps, max_new_tokens)
             result, avg_logprob, _temperature, compression_ratio = model.generate_with_fallback(
                 encoder_output, prompt, tokenizer, transcription_options
             )
@@ -362,7 +370,9 @@ class LocalBackend(DecoderBackend):
             language_probs=language_probs,
         )
 
-    def _transcription_options(self, tokenizer: Any, options: DecodeOptions, without_timestamps: bool) -> Any:
+    def _transcription_options(
+        self, tokenizer: Any, options: DecodeOptions, without_timestamps: bool, max_new_tokens: int | None
+    ) -> Any:
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
         return TranscriptionOptions(
@@ -388,7 +398,7 @@ class LocalBackend(DecoderBackend):
             prepend_punctuations=PREPEND_PUNCTUATIONS,
             append_punctuations=APPEND_PUNCTUATIONS,
             multilingual=False,
-            max_new_tokens=None,
+            max_new_tokens=max_new_tokens,
             clip_timestamps="0",
             hallucination_silence_threshold=None,
             hotwords=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from backends.base import DecodeOptions
-from backends.local import encoder_frames_for
+from backends.local import MAX_TOKENS_PER_SECOND, MIN_NEW_TOKENS, encoder_frames_for
 from bench.wer import wer
 from server.agreement import drop_repetitions
 from tests.conftest import Fixture
@@ -57,3 +57,36 @@ def test_a_prefix_covering_all_the_speech_leaves_nothing_new(local_backend, en00
     # pipeline's repetition guard removes that, and nothing else may remain.
     guarded = drop_repetitions([*prefix, *new], keep=len(prefix))[len(prefix) :]
     assert len(guarded) <= 1, [w.text for w in guarded]
+
+
+def test_a_looping_decode_stops_at_a_token_budget_for_its_audio(local_backend, en01: Fixture):
+    # The first 0.4 s of "Please enter ..." on its own: tiny.en loops "Please. Please. ..." to
+    # Whisper's 448-token limit (101 words, 1.4 s of CPU) unless the decode is bounded by the
+    # length of its audio.
+    start = int((42.948 - 0.2) * SR)
+    audio = en01.audio[start : start + int(0.4 * SR)]
+    result = local_backend.decode(audio, DecodeOptions(language="en", encoder_frames=1000))
+    words = [w for s in result.segments for w in s.words]
+    budget = MIN_NEW_TOKENS + MAX_TOKENS_PER_SECOND * 0.4
+    assert len(words) <= budget, [w.text for w in words]
+
+
+def test_the_token_budget_leaves_room_for_a_long_prompt(local_backend, en00: Fixture, monkeypatch):
+    seen = []
+    model = local_backend.model
+    original = model.generate_with_fallback
+
+    def spy(encoder_output, prompt, tokenizer, options):
+        seen.append((len(prompt), options.max_new_tokens))
+        return original(encoder_output, prompt, tokenizer, options)
+
+    monkeypatch.setattr(model, "generate_with_fallback", spy)
+    audio, _ = utterance(en00, 2)
+    local_backend.decode(audio, DecodeOptions(language="en", encoder_frames=1000))
+    # 25 s of audio may write 316 tokens, but a 200-token prompt leaves fewer than that.
+    long_prompt = " ".join(["number"] * 300)  # the last 200 tokens are kept
+    local_backend.decode(en00.audio[: 25 * SR], DecodeOptions(language="en", prompt=long_prompt))
+    (short, budget), (long, clipped) = seen
+    assert budget == MIN_NEW_TOKENS + int(MAX_TOKENS_PER_SECOND * len(audio) / SR)
+    assert short < 10 and long > 200
+    assert clipped == model.max_length - long < MIN_NEW_TOKENS + MAX_TOKENS_PER_SECOND * 25
