@@ -70,6 +70,10 @@ class PipelineOptions:
     # The same for step decodes that are not at a pause (they show partials and commit what
     # two of them agree on); None: ``context``.
     step_context: float | None = None
+    # At most this much audio (context + window) per decode: the context gives way as the
+    # window grows, since a decode's cost grows with its audio (encoder frames, alignment) and
+    # a long window carries its own context. 0: no limit. Measured in docs/PIPELINE.md.
+    max_decoded: float = 8.0
     # Agreed words commit only once they end this long before the audio does: the newest words
     # of a window change most, even when two decodes agree on them.
     commit_margin: float = 1.0
@@ -260,6 +264,8 @@ class StreamingPipeline(Stream):
         offset = start / SAMPLE_RATE  # stream time of the window's start
         context_audio, context_words = self._context_audio, self._context_words
         limit = self._p.context if final or self._p.step_context is None else self._p.step_context
+        if self._p.max_decoded:
+            limit = min(limit, self._p.max_decoded - len(window) / SAMPLE_RATE)
         if not (context and context_words) or limit <= 0:
             context_audio, context_words = context_audio[:0], []
         elif limit < self._p.context:

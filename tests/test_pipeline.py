@@ -381,3 +381,23 @@ def test_step_context_limits_the_context_of_steps_but_not_of_pause_decodes():
     # Steps in the second utterance hear at most 1 s of the first; its pause decode up to 4 s.
     assert steps and all(lead <= 1.0 + 1e-6 for lead in steps)
     assert 3.0 < second[pause] <= 4.0 + 1e-6
+
+
+def test_max_decoded_shrinks_the_context_as_the_window_grows():
+    decoder = ScriptedDecoder()
+    spans = [(1.0, 5.0), (6.0, 10.0)]
+    options = PipelineOptions(context=4.0, max_decoded=5.0, end_probe=0.1)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad(spans))
+    events = run(pipeline, ramp(11.0), chunk_seconds=0.05)
+    numbers = [slot(w) for w in committed_words(events)]
+    assert numbers == sorted(set(numbers))
+    decoded = []  # (window seconds, context seconds) of the second utterance's decodes
+    for pieces in decoder.pieces:
+        start, end = pieces[-1]
+        if start > 5.5:  # the window starts at the speech padding before 6.0
+            decoded.append((end - start, sum(b - a for a, b in pieces[:-1])))
+    # Every decode hears at most 5 s, the context giving way to the window ...
+    assert decoded and all(window + lead <= 5.0 + 1e-6 for window, lead in decoded)
+    # ... but a short window still gets most of the 4 s of context.
+    assert any(lead > 3.0 for window, lead in decoded if window < 2.0)
+    assert any(lead < 2.0 for window, lead in decoded if window > 3.0)
