@@ -295,18 +295,27 @@ class StreamingPipeline(Stream):
         )
         self.decodes += 1
         events: list[Event] = []
-        words, silent = self._words(result, offset - lead, len(audio) / SAMPLE_RATE, offset, prefix[-12:])
+        committed = self._window_words[-1].end if self._window_words else None
+        words, silent = self._words(result, offset - lead, len(audio) / SAMPLE_RATE, offset, committed, prefix[-12:])
         if not self._language_locked and words:
             self._detect_language(result, events)
         return words, silent, events
 
     def _words(
-        self, result: DecodeResult, offset: float, duration: float, not_before: float, prefix: list[Word]
+        self,
+        result: DecodeResult,
+        offset: float,
+        duration: float,
+        window: float,
+        committed: float | None,
+        prefix: list[Word],
     ) -> tuple[list[Word], bool]:
         """Timed words of a decode in stream time, hallucinations removed; and whether a
         segment was dropped as no-speech. ``offset``: stream time of the decoded audio's start;
-        ``not_before``: where the window starts (after the context); ``prefix``: the last
-        committed words before the decoded ones, to catch loops across the boundary."""
+        ``window``: where the window starts (after the context); ``committed``: where the
+        window's last committed word ends (None: none yet); ``prefix``: the last committed
+        words before the decoded ones, to catch loops across the boundary."""
+        not_before = window if committed is None else max(window, committed)
         p = self._p
         words: list[Word] = []
         silent = False
@@ -322,16 +331,15 @@ class StreamingPipeline(Stream):
                 # Words timed in the zero padding after the audio are invented.
                 if w.start >= duration - 0.02 or not w.text.strip():
                     continue
-                # The alignment may put the first new word a little into the context.
+                # A word that ends before the last commit is committed text said again, or
+                # its alignment collapsed: text mode once re-said 30 earlier words, all timed
+                # at one instant 2.6 s back, and committing them broke the finals' order.
+                end = offset + min(w.end, duration)
+                if committed is not None and end < committed:
+                    continue
+                # The alignment may put the first new word a little into the committed ones.
                 start = max(not_before, offset + w.start)
-                words.append(
-                    Word(
-                        text=w.text,
-                        start=start,
-                        end=max(start, offset + min(w.end, duration)),
-                        probability=w.probability,
-                    )
-                )
+                words.append(Word(text=w.text, start=start, end=max(start, end), probability=w.probability))
         return drop_repetitions([*prefix, *words], keep=len(prefix))[len(prefix) :], silent
 
     def _detect_language(self, result: DecodeResult, events: list[Event]) -> None:
