@@ -320,8 +320,8 @@ def test_firefox_captures_16k_chunks_through_the_worklet(tmp_path):
 
     # Every sample the page sent arrived, and the page sent what its audio clock ran: the
     # capture is real time by the browser's own clock. Against the wall clock the bound is
-    # loose: a CPU-starved Firefox runs its fake microphone and audio clock slow (2.64 s of
-    # audio for a 4 s autostop was seen while other tests ran).
+    # loose: a CPU-starved Firefox runs its fake microphone and audio clock slow (2.64 s and
+    # 1.75 s of audio for a 4 s autostop were seen while other tests ran).
     seconds = sum(sizes) / 32000
     wall = rec.stop_at - rec.ready_at
     match = re.search(r"livescribe autostart: sent ([\d.]+) s of audio; audio clock ([\d.]+) s", log)
@@ -333,7 +333,7 @@ def test_firefox_captures_16k_chunks_through_the_worklet(tmp_path):
     )
     assert abs(seconds - sent) < 0.001, (seconds, sent)
     assert abs(seconds - clock) <= 0.05 * clock + 0.15, (seconds, clock)
-    assert 0.5 * AUTOSTOP_S <= seconds <= 1.5 * wall + 0.5, (seconds, AUTOSTOP_S, wall)
+    assert 0.25 * AUTOSTOP_S <= seconds <= 1.5 * wall + 0.5, (seconds, AUTOSTOP_S, wall)
 
     # The fake microphone's tone, at its true frequency: the worklet resampled from the rate
     # the context really ran at (a wrong ratio moves it, e.g. 44.1 vs 48 kHz by 8.8%), and the
