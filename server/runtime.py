@@ -9,6 +9,7 @@ itself in ``threading`` mode (where every session worker already is a native thr
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,6 +51,19 @@ class Runtime:
     @property
     def queue_empty(self) -> type[Exception]:
         return self.socketio.server.eio.get_queue_empty_exception()
+
+    def lock(self) -> Any:
+        """A mutex that waits cooperatively in this async mode (a green lock under gevent and
+        eventlet, where a plain lock held across a yield would block the whole loop)."""
+        if self.mode == "gevent":
+            from gevent.lock import Semaphore
+
+            return Semaphore()
+        if self.mode == "eventlet":
+            from eventlet.semaphore import Semaphore
+
+            return Semaphore()
+        return threading.Lock()
 
     def sleep(self, seconds: float) -> None:
         self.socketio.sleep(seconds)

@@ -80,9 +80,10 @@ class Session:
     retained: list[np.ndarray] = field(default_factory=list)
     retained_from: int = 0
     done: threading.Event = field(default_factory=threading.Event)
-    # Held while audio is accepted and while a failure ends the session: with native threads
-    # (threading mode) a chunk could otherwise be accepted after the failure counted the audio.
-    accepting: threading.Lock = field(default_factory=threading.Lock)
+    # Held while audio is accepted and while a failure ends the session: a chunk could otherwise
+    # be accepted after the failure counted the audio, or refused before the failure's error was
+    # sent. A lock of the async mode (Runtime.lock): the failure emits while holding it.
+    accepting: Any = field(default_factory=threading.Lock)
     failed: bool = False  # a backend failure that could not be recovered ended the session
 
     @property
@@ -168,6 +169,7 @@ class SessionManager:
             stream=stream,
             resampler=Resampler(request.audio.sample_rate),
             queue=self.runtime.queue(),
+            accepting=self.runtime.lock(),
             # A backend that cannot detect the language (Speechmatics real-time) runs a session
             # without one in a language it assumes: ready says which, not "auto".
             language=request.language
@@ -335,26 +337,23 @@ class SessionManager:
         if not can_fail_over:
             committed = session.offset + session.stream.committed_until
             lost_from = min(committed, start / SAMPLE_RATE) if session.backend != "local" else start / SAMPLE_RATE
-            fatal = exc.fatal
-            if session.backend != "local":
-                # A cloud stream stays failed: end the session with one fatal error naming all
-                # the audio it cost, instead of failing (and reporting) again on every chunk.
-                # Stopping first refuses audio from now on, so the span below is complete.
-                with session.accepting:
-                    session.state = "stopping"
-                    session.failed = True
-                    end = max(end, session.accepted)
-                fatal = True
             logger.warning("session %s: %s (%s)", session.id, exc.message, exc.code)
-            self._error(
-                session,
-                TranscriptionError(
-                    f"{exc.message}; audio from {lost_from:.2f} s to {max(end, start) / SAMPLE_RATE:.2f} s"
-                    " was not transcribed",
-                    code=exc.code,
-                    fatal=fatal,
-                ),
-            )
+
+            def report(end: int, fatal: bool) -> None:
+                message = f"{exc.message}; audio from {lost_from:.2f} s to {max(end, start) / SAMPLE_RATE:.2f} s"
+                self._error(session, TranscriptionError(f"{message} was not transcribed", code=exc.code, fatal=fatal))
+
+            if session.backend == "local":
+                report(end, exc.fatal)
+                return []
+            # A cloud stream stays failed: end the session with one fatal error naming all the
+            # audio it cost, instead of failing (and reporting) again on every chunk. Under the
+            # lock, audio() can neither add to the span nor refuse a chunk before the client
+            # has this error: the state changes only after it was sent.
+            with session.accepting:
+                session.failed = True
+                report(max(end, session.accepted), fatal=True)
+                session.state = "stopping"
             return []
         resume_at = session.offset + session.stream.committed_until
         logger.warning(

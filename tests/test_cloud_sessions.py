@@ -311,8 +311,21 @@ def test_dropped_connection_fails_over_to_local_without_losing_words(serve, clip
     assert len(fake.sessions) == 1  # failover goes local, it does not retry the cloud
 
 
-def test_dropped_connection_without_failover_reports_the_lost_span(serve, clip: Fixture):
+@pytest.mark.parametrize("slow_error", [False, True], ids=["", "slow-error-emit"])
+def test_dropped_connection_without_failover_reports_the_lost_span(serve, clip: Fixture, slow_error: bool):
     app, fake = serve(config={"cloud": CloudOptions(failover=False)}, fail_after=DROP_AT)
+    if slow_error:
+        # Chunks keep arriving while the failure's error is on its way out (a loaded server):
+        # they must be refused after it, never before, and none may be accepted unaccounted.
+        sessions = get_context(app).sessions
+        emit = sessions.emit
+
+        def slow_emit(event: str, payload: dict, to: str) -> None:
+            if event == "error" and payload.get("fatal"):
+                time.sleep(0.5)
+            emit(event, payload, to)
+
+        sessions.emit = slow_emit
     client = connect(app)
     ready = start(client, backend="cloud", language="en")
     stream_until_error(client, clip.pcm, speed=4.0)
