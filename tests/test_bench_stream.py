@@ -160,6 +160,46 @@ def test_process_cpu_seconds_reads_proc() -> None:
     assert sb.process_cpu_seconds(os.getpid()) >= before + 0.1
 
 
+class ScriptedSio:
+    """A ``socketio.Client`` stand-in on a fake clock: answers start and stop at once and
+    records when each audio chunk was sent; one send takes ``slow_send`` seconds."""
+
+    def __init__(self, now: list[float], slow_chunk: int, slow_send: float) -> None:
+        self.now, self.slow_chunk, self.slow_send = now, slow_chunk, slow_send
+        self.handlers: dict = {}
+        self.sent: list[float] = []
+
+    def on(self, name: str, handler) -> None:
+        self.handlers[name] = handler
+
+    def emit(self, name: str, data: object = None) -> None:
+        if name == "start":
+            self.handlers["ready"]({"session_id": "s", "backend": "local"})
+        elif name == "audio":
+            self.sent.append(self.now[0])
+            if len(self.sent) - 1 == self.slow_chunk:
+                self.now[0] += self.slow_send
+        elif name == "stop":
+            self.handlers["stopped"]({"session_id": "s", "duration": 3.0})
+
+
+def test_a_slow_send_delays_one_chunk_not_the_ones_after_it(tmp_path: Path, monkeypatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(sb.time, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    sio = ScriptedSio(now, slow_chunk=5, slow_send=0.35)
+    record = sb.stream_session(sio, sb.load_stream(make_stream(tmp_path)), 0, clock=lambda: now[0])
+    sent = np.array(sio.sent) - 100.0
+    due = np.arange(1, 31) * 0.1  # chunk k is due once its audio has elapsed
+    late = sent - due
+    # Chunks 6-8 were due while chunk 5's send blocked: they go out at once, behind it; from
+    # chunk 9 on the schedule holds again, as if nothing had happened.
+    assert late[:6] == pytest.approx(0, abs=1e-9)
+    assert late[6] == pytest.approx(0.25, abs=1e-9) and late[8] == pytest.approx(0.05, abs=1e-9)
+    assert late[9:] == pytest.approx(0, abs=1e-9)
+    assert record.max_send_lag == pytest.approx(0.25, abs=1e-9)
+    assert record.stop_sent == pytest.approx(3.0, abs=1e-9)
+
+
 # --- against a fake server ---------------------------------------------------------------------------
 
 
@@ -265,10 +305,14 @@ def test_paced_session_against_fake_server(tmp_path: Path) -> None:
         arrivals = np.array(server.chunk_arrivals)
     assert failures == [] and cpu is None and len(records) == 1
     record = records[0]
-    # Pacing: 30 chunks of 100 ms, chunk k on an absolute schedule (no drift).
+    # Pacing: 30 chunks of 100 ms, chunk k on an absolute schedule. A loaded machine delays
+    # single arrivals (0.12 s seen on a 2-core CI VM); what must not happen is drift (each
+    # chunk timed from the one before) or a burst (no pacing).
     assert len(arrivals) == 30
     offsets = arrivals - arrivals[0] - np.arange(30) * 0.1
-    assert np.abs(offsets).max() < 0.08, offsets
+    offsets -= np.median(offsets)
+    assert (np.abs(offsets) > 0.05).sum() <= 3, offsets
+    assert abs(np.median(offsets[-10:]) - np.median(offsets[:10])) < 0.02, offsets
     assert record.stop_sent == pytest.approx(3.0, abs=0.08)
     assert record.stopped is not None
     # Phrase 0 final is sent once 1.5 + 0.2 s of audio arrived; phrase 1 (ends 2.6) at stop (3.0).
