@@ -85,6 +85,16 @@ class PipelineOptions:
     beam_size: int = 1
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """One decode's outcome: its kept words, and why any segment of it was dropped."""
+
+    words: list[Word]
+    events: list[Event]
+    silent: bool = False  # a segment read as no speech
+    looped: bool = False  # a segment was a repetition loop: what was said there is unknown
+
+
 def _shifted(word: Word, seconds: float) -> Word:
     return Word(text=word.text, start=word.start + seconds, end=word.end + seconds, probability=word.probability)
 
@@ -142,7 +152,7 @@ class StreamingPipeline(Stream):
         self._partial = ""
         self._committed_until = 0.0
         self._last_decoded = 0  # stream sample where the latest step decode's audio ended
-        self._last_silent = False  # whether that decode was dropped as no-speech
+        self._last_unusable = False  # whether that decode dropped a segment (no speech, a loop)
         self._first_decode = True  # the next step decode is its utterance's first
         self.decodes = 0  # decode calls so far (tests and benchmarks read it)
 
@@ -203,10 +213,16 @@ class StreamingPipeline(Stream):
         first, self._first_decode = self._first_decode, False
         # A decode in a pause is likely the utterance's last (see ``end_probe``).
         pausing = self._vad.pause_start is not None
-        words, silent, events = self._decode(self._window_start, self._total, final=pausing, context=not first)
-        self._last_decoded, self._last_silent = self._total, silent
-        committed = self._agreement.insert(words, until=self._total / SAMPLE_RATE - self._p.commit_margin)
-        events += self._emit(committed)
+        decoded = self._decode(self._window_start, self._total, final=pausing, context=not first)
+        self._last_decoded, self._last_unusable = self._total, decoded.silent or decoded.looped
+        events = decoded.events
+        if decoded.looped:
+            # Its words are unknown: keep the last hypothesis (and partial) rather than agree
+            # with, or lose the pending words to, a decode that lost its way.
+            events += self._emit([])
+        else:
+            until = self._total / SAMPLE_RATE - self._p.commit_margin
+            events += self._emit(self._agreement.insert(decoded.words, until=until))
         events += self._trim()
         young = self._total - self._speech_start < self._p.early_period * SAMPLE_RATE
         step = min(self._p.step, self._p.early_step) if young else self._p.step
@@ -223,15 +239,22 @@ class StreamingPipeline(Stream):
             return []
         events: list[Event] = []
         covered = speech_end is not None and self._last_decoded >= speech_end + int(self._p.end_probe * SAMPLE_RATE)
-        if covered and not self._last_silent:
+        if covered and not self._last_unusable:
             events += self._emit(self._agreement.commit_all())
         elif end > self._window_start:
-            words, silent, events = self._decode(self._window_start, end, final=True)
-            if silent and not self._p.final_full_context:
+            decoded = self._decode(self._window_start, end, final=True)
+            events += decoded.events
+            if decoded.silent and not self._p.final_full_context:
                 # A short window padded to a few seconds reads as "no speech" more often than
                 # the same audio in Whisper's full 30 s context: check before dropping words.
-                words, _, more = self._decode(self._window_start, end, final=True, full_context=True)
-                events += more
+                decoded = self._decode(self._window_start, end, final=True, full_context=True)
+                events += decoded.events
+            words = decoded.words
+            if decoded.looped:
+                # A loop hid what was said: the last step's hypothesis is the best account of
+                # the words after the decode's own (dropping them would lose speech).
+                last = words[-1].end if words else 0.0
+                words = words + [w for w in self._agreement.pending if w.start >= last - 0.05]
             events += self._emit(self._agreement.commit_all(words))
         else:
             self._agreement.reset_pending()
@@ -243,7 +266,7 @@ class StreamingPipeline(Stream):
         self._window_words = []
         self._committed_until = end / SAMPLE_RATE
         self._window_start = None
-        self._last_decoded, self._last_silent = 0, False
+        self._last_decoded, self._last_unusable = 0, False
         # Only up to this utterance's end: the same batch of audio may already hold the
         # next utterance's start, which its window (with padding) still needs.
         self._drop_before(end - self._pad)
@@ -253,8 +276,8 @@ class StreamingPipeline(Stream):
 
     def _decode(
         self, start: int, end: int, *, final: bool, full_context: bool = False, context: bool = True
-    ) -> tuple[list[Word], bool, list[Event]]:
-        """Decode stream samples [start, end): (filtered words, dropped-as-silence, events).
+    ) -> _Decoded:
+        """Decode stream samples [start, end): filtered words and why segments were dropped.
 
         The decoded audio is the context (earlier committed speech) followed by the window;
         every committed word in it is forced as the decoder's prefix, so only new words come
@@ -294,12 +317,16 @@ class StreamingPipeline(Stream):
             ),
         )
         self.decodes += 1
-        events: list[Event] = []
         committed = self._window_words[-1].end if self._window_words else None
-        words, silent = self._words(result, offset - lead, len(audio) / SAMPLE_RATE, offset, committed, prefix[-12:])
-        if not self._language_locked and words:
-            self._detect_language(result, events)
-        return words, silent, events
+        decoded = self._words(result, offset - lead, len(audio) / SAMPLE_RATE, offset, committed, prefix[-12:])
+        if decoded.looped and lead:
+            # After a forced context the decoder sometimes re-says it and loops ("... main
+            # menu. Press four to record ..." over and over): the window alone usually does not.
+            logger.debug("a decode with context looped; decoding the window alone")
+            return self._decode(start, end, final=final, full_context=full_context, context=False)
+        if not self._language_locked and decoded.words:
+            self._detect_language(result, decoded.events)
+        return decoded
 
     def _words(
         self,
@@ -309,19 +336,20 @@ class StreamingPipeline(Stream):
         window: float,
         committed: float | None,
         prefix: list[Word],
-    ) -> tuple[list[Word], bool]:
-        """Timed words of a decode in stream time, hallucinations removed; and whether a
-        segment was dropped as no-speech. ``offset``: stream time of the decoded audio's start;
+    ) -> _Decoded:
+        """Timed words of a decode in stream time, hallucinations removed; and why segments
+        were dropped. ``offset``: stream time of the decoded audio's start;
         ``window``: where the window starts (after the context); ``committed``: where the
         window's last committed word ends (None: none yet); ``prefix``: the last committed
         words before the decoded ones, to catch loops across the boundary."""
         not_before = window if committed is None else max(window, committed)
         p = self._p
         words: list[Word] = []
-        silent = False
+        silent = looped = False
         for segment in result.segments:
             if segment.compression_ratio > p.compression_ratio_threshold:
                 logger.debug("dropped a repetitive segment: %r", segment.text)
+                looped = True
                 continue
             if segment.no_speech_prob > p.no_speech_threshold and segment.avg_logprob < p.log_prob_threshold:
                 logger.debug("dropped a no-speech segment: %r", segment.text)
@@ -340,7 +368,8 @@ class StreamingPipeline(Stream):
                 # The alignment may put the first new word a little into the committed ones.
                 start = max(not_before, offset + w.start)
                 words.append(Word(text=w.text, start=start, end=max(start, end), probability=w.probability))
-        return drop_repetitions([*prefix, *words], keep=len(prefix))[len(prefix) :], silent
+        words = drop_repetitions([*prefix, *words], keep=len(prefix))[len(prefix) :]
+        return _Decoded(words, [], silent=silent, looped=looped)
 
     def _detect_language(self, result: DecodeResult, events: list[Event]) -> None:
         """Lock on a confident detection; otherwise accumulate evidence (probability x window

@@ -134,13 +134,24 @@ class ScriptedDecoder(DecoderBackend):
 
     name = "scripted"
 
-    def __init__(self, punctuate_every: int = 0, result: DecodeResult | None = None, collapse_every: int = 0) -> None:
+    def __init__(
+        self,
+        punctuate_every: int = 0,
+        result: DecodeResult | None = None,
+        collapse_every: int = 0,
+        loop_with_context: bool = False,
+        loop_past: float | None = None,
+    ) -> None:
         self.windows: list[tuple[float, float]] = []  # stream span of the last piece decoded
         self.pieces: list[list[tuple[float, float]]] = []  # stream spans of every piece decoded
         self.options: list[DecodeOptions] = []
         self.punctuate_every = punctuate_every
         self.result = result
         self.collapse_every = collapse_every  # every n-th decode times its words at 0.0
+        # Decodes that loop (one segment of a high compression ratio): those with a context
+        # in front of the window, and those whose audio reaches past ``loop_past`` seconds.
+        self.loop_with_context = loop_with_context
+        self.loop_past = loop_past
         self.calls = 0
 
     def info(self) -> BackendInfo:
@@ -157,6 +168,12 @@ class ScriptedDecoder(DecoderBackend):
         self.options.append(options)
         if self.result is not None:
             return self.result
+        if (self.loop_with_context and len(pieces) > 1) or (
+            self.loop_past is not None and pieces[-1][1] / 16000 > self.loop_past
+        ):
+            loop = tuple(Word(" again", 0.0, 0.0) for _ in range(40))
+            segment = Segment(text=" again" * 40, start=0.0, end=duration, words=loop, compression_ratio=9.0)
+            return DecodeResult(segments=(segment,), language="en", language_probability=1.0, duration=duration)
         words = []
         slot = 4000  # samples
         for first, end, index in pieces:
@@ -373,6 +390,35 @@ def test_words_timed_before_the_last_commit_are_dropped():
     # ... and the finals' times never go back.
     committed = [w for e in events if isinstance(e, Final) for w in e.words]
     assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(committed))
+
+
+def test_a_decode_that_loops_after_its_context_is_done_again_without_it():
+    # After a forced context tiny.en sometimes re-says it in a loop (en-dev-00's last prompt):
+    # the segment is dropped as repetitive, and its words were lost with it.
+    spans = [(0.5, 4.0), (4.6, 9.0)]
+    decoder = ScriptedDecoder(loop_with_context=True)
+    events = run(StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad(spans)), ramp(10.0))
+    baseline = StreamingPipeline(ScriptedDecoder(), StreamOptions(language="en"), vad=LaggingVad(spans))
+    expected = [slot(w) for w in committed_words(run(baseline, ramp(10.0)))]
+    assert any(len(pieces) > 1 for pieces in decoder.pieces), "no decode had a context"
+    assert [slot(w) for w in committed_words(events)] == expected
+    assert "again" not in finals(events)
+
+
+def test_an_end_decode_that_loops_commits_the_last_hypothesis():
+    # Every decode that hears the end of the speech loops (the pause decode and the end
+    # decode, with or without context): the last step's hypothesis is the best account of
+    # the utterance's last words, and dropping it would lose them.
+    decoder = ScriptedDecoder(loop_past=4.05)
+    options = PipelineOptions(first_step=0.3, step=1.0, early_step=1.0, end_probe=0.1, commit_margin=1.0)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 4.0)]))
+    events = run(pipeline, ramp(6.0), chunk_seconds=0.05)
+    last_step = max(end for _, end in decoder.windows if end <= 4.05)
+    numbers = [slot(w) for w in committed_words(events)]
+    # Every word the last good decode heard (all of them but its unstable last one) is final.
+    assert numbers == list(range(numbers[0], int(last_step / 0.25)))
+    assert numbers[0] <= 4 and "again" not in finals(events)
+    assert not [e for e in events if isinstance(e, Partial) and "again" in e.text]
 
 
 def test_words_in_the_padding_are_dropped():
