@@ -20,7 +20,7 @@ from backends.base import (
     StreamOptions,
     Word,
 )
-from bench.wer import wer
+from bench.wer import wer, word_errors
 from server.pipeline import PipelineOptions, StreamingPipeline
 from server.vad import VadEvent
 from tests.conftest import Fixture
@@ -53,6 +53,21 @@ def test_streams_real_speech_close_to_offline_accuracy(local_backend, name, requ
     speech = [e for e in events if isinstance(e, SpeechActivity)]
     assert len(speech) >= len(fixture.reference["utterances"])
     assert pipeline.buffered_seconds < 1.0  # silence after the last utterance is not kept
+
+
+def test_the_last_words_survive_a_decode_that_loops(local_backend, en00: Fixture):
+    # en00 sent at 48 kHz (each sample repeated three times) and resampled by the server: in
+    # 100 ms chunks the pause decode after "... Press star" re-said its context in a loop, and
+    # the stream's last words, "to return to the main menu.", were never finalised.
+    from server.audio import Resampler
+
+    audio = np.concatenate([en00.audio, np.zeros(3 * 16000, dtype=np.float32)])
+    audio = Resampler(48000)(np.repeat(audio, 3))
+    events = run(StreamingPipeline(local_backend, StreamOptions(language="en")), audio)
+    last = en00.reference["utterances"][-1]
+    heard = " ".join(w.text for e in events if isinstance(e, Final) for w in e.words if w.end > last["start"])
+    errors = word_errors(last["text"], heard)
+    assert errors.deletions <= 1 and errors.wer < 0.15, (errors, heard)
 
 
 @pytest.mark.parametrize("chunk_seconds", [1.0, 2.5])
