@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.encoder_cost import yardstick
 from bench.wer import corpus_wer
 
 DEFAULT_FILES = [
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# model {args.model}, {args.threads} thread(s), {args.chunk * 1000:.0f} ms chunks, files: "
         + ", ".join(p.stem for p in args.files)
     )
+    print(f"# speed: {yardstick()}")
     rows = [run_one(backend, args.files, combo, args.chunk, args.shifts) for combo in parse_sets(args.set)]
     if args.offline:
         offline = offline_wer(args.model, args.files)

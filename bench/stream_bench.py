@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from bench.encoder_cost import yardstick
 from bench.wer import ErrorCounts, align, normalize, word_errors
 
 logger = logging.getLogger(__name__)
@@ -804,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return rows, raw, failures
 
+    # Before the server starts, so that nothing competes with it.
+    speed = yardstick()
     server_command = None
     if args.url:
         rows, raw, failures = run_all(args.url, args.server_pid)
@@ -816,6 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"command: {command}")
     print(f"machine: {machine_description()}")
+    print(f"speed:   {speed}")
     print(f"server:  {server_command or url}  model {args.model}")
     print(f"files:   {', '.join(s.stream_id for s in streams)}; chunks {args.chunk_ms} ms paced in real time")
     ready = next((r["ready"] for c in raw for r in c["records"] if r["ready"]), {})
@@ -844,6 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = {
             "command": command,
             "machine": machine_description(),
+            "speed": speed,
             "server": server_command or url,
             "model": args.model,
             "files": [s.stream_id for s in streams],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import threading
 import time
 import wave
@@ -337,10 +338,13 @@ def test_main_against_fake_server_prints_table_and_json(tmp_path: Path, capsys: 
     assert code == 0
     text = capsys.readouterr().out
     assert "command:" in text and "machine:" in text
+    # The machine's speed at the time, measured on the real encoder (runs drift with the VM).
+    assert re.search(r"^speed: +tiny.en encoder, 1000 frames on 1 thread: \d+ ms", text, re.M), text
     table = text.split("\n\n")[-1].strip().splitlines()
     assert table[0].split()[0] == "streams" and len(table) == 4
     assert [line.split()[0] for line in table[2:]] == ["1", "2"]
     data = json.loads(out.read_text())
+    assert data["speed"].startswith("tiny.en encoder")
     assert [c["streams"] for c in data["configurations"]] == [1, 2]
     assert sorted(r["client"] for r in data["configurations"][1]["records"]) == [0, 1]
     for configuration in data["configurations"]:
