@@ -16,10 +16,12 @@ several streams).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import itertools
 import json
 import os
+import pstats
 import resource
 import sys
 import time
@@ -186,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--offline", action="store_true", help="also the offline WER (cached) and each row's ratio to it"
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile the runs (cProfile) and print the N functions with the most own time: where "
+        "the CPU goes (CTranslate2's encode, generate and align are single native calls)",
+    )
     args = parser.parse_args(argv)
     args.files = [f for path in args.files for f in (sorted(path.glob("*.wav")) if path.is_dir() else [path])]
 
@@ -200,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(p.stem for p in args.files)
     )
     print(f"# speed: {yardstick()}")
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
     rows = [run_one(backend, args.files, combo, args.chunk, args.shifts) for combo in parse_sets(args.set)]
+    if profiler:
+        profiler.disable()
     if args.offline:
         offline = offline_wer(args.model, args.files)
         print(f"# offline faster-whisper on the same files (beam 1, VAD filter): WER {offline:.3f}")
@@ -210,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     print("  ".join(f"{c:>16}" for c in columns))
     for row in rows:
         print("  ".join(f"{row[c]:>16.3f}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in columns))
+    if profiler:
+        print()
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
     return 0
 
 
