@@ -82,6 +82,9 @@ class DecodeOptions:
     # Encoder frames (10 ms each) to pad the audio to; None keeps Whisper's full 30 s.
     # Fewer frames make a decode several times cheaper (see docs/PIPELINE.md).
     encoder_frames: int | None = None
+    # Someone is waiting on this decode (an utterance's first words, its final words): when
+    # the backend is busy it goes before other waiting decodes.
+    urgent: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ thread. Each stream owns a dedicated asyncio event loop, running the SDK's ``Asy
 native OS thread of its own; ``feed`` hands it PCM and collects the events received so far.
 Under gevent monkey patching ``threading`` would give greenlets and gevent locks, which cannot
 block one native thread until another wakes it, so the stream starts its thread and builds its
-locks from the *original* ``_thread`` functions (:func:`_native_thread_api`).
+locks from the *original* ``_thread`` functions (:func:`backends.native.native_thread_api`).
 
 Flow control. Audio counts as outstanding from ``feed`` until the service acknowledges it with
 ``AudioAdded``. When ``max_unacked_seconds`` are outstanding, ``feed`` waits; when no
@@ -26,7 +26,6 @@ local pipeline does for a language it assumed rather than detected.
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import collections
 import concurrent.futures
@@ -34,8 +33,6 @@ import contextlib
 import contextvars
 import importlib.util
 import logging
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -57,6 +54,7 @@ from backends.base import (
     Word,
 )
 from backends.errors import CloudError, ConfigurationError
+from backends.native import Notifier, native_thread_api
 
 logger = logging.getLogger(__name__)
 
@@ -174,57 +172,6 @@ def cloud_error(error_type: str | None, reason: str | None = None) -> CloudError
     return CloudError(message, code=code)
 
 
-def _native_thread_api() -> tuple[Callable[..., Any], Callable[[], Any]]:
-    """``(start_new_thread, allocate_lock)`` that stay native under gevent or eventlet monkey
-    patching (both replace ``_thread``'s with green versions)."""
-    if "gevent.monkey" in sys.modules:
-        from gevent import monkey
-
-        original = monkey.get_original("_thread", ["start_new_thread", "allocate_lock"])
-        return original[0], original[1]
-    if "eventlet.patcher" in sys.modules:
-        from eventlet import patcher
-
-        if patcher.is_monkey_patched("thread"):
-            native = patcher.original("_thread")
-            return native.start_new_thread, native.allocate_lock
-    return _thread.start_new_thread, _thread.allocate_lock
-
-
-class _Notifier:
-    """A condition variable built on native locks: one lock guards the state, waiters sleep
-    on a lock of their own that ``notify_all`` releases."""
-
-    def __init__(self, allocate_lock: Callable[[], Any]) -> None:
-        self._allocate = allocate_lock
-        self.lock = allocate_lock()
-        self._waiters: list[Any] = []
-
-    def notify_all(self) -> None:
-        """Wake every waiter; the caller holds ``lock``."""
-        for waiter in self._waiters:
-            waiter.release()
-        self._waiters.clear()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` (evaluated under ``lock``) holds; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                if predicate():
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                waiter = self._allocate()
-                waiter.acquire()
-                self._waiters.append(waiter)
-            waiter.acquire(True, remaining)
-            with self.lock:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-
-
 class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
     """The stream loop's default executor: runs its blocking helpers (``getaddrinfo`` when
     connecting) in the loop thread itself, which only ever serves this one connection.
@@ -281,8 +228,8 @@ class CloudStream(Stream):
         self._options = options
         self._language = language
         self._assumed_language = announce_language
-        start_new_thread, allocate_lock = _native_thread_api()
-        self._state = _Notifier(allocate_lock)
+        start_new_thread, allocate_lock = native_thread_api()
+        self._state = Notifier(allocate_lock)
         # --- shared with the loop thread, guarded by self._state.lock ---
         # Events not yet returned; an entry with event None only moves committed_until
         # (an empty final: the service finalised silence).

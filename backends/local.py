@@ -35,6 +35,7 @@ from backends.base import (
 )
 from backends.errors import BackendFailure, ConfigurationError, ModelNotFound
 from backends.models import resolve_model
+from backends.native import PriorityGate
 
 if TYPE_CHECKING:  # pragma: no cover
     from faster_whisper import WhisperModel
@@ -159,6 +160,7 @@ class LocalBackend(DecoderBackend):
         # One token per ``decode`` in progress. A deque because its append/pop are atomic
         # across native threads in every async mode (a patched lock may not be).
         self._live_decodes: deque[None] = deque()
+        self._gate = PriorityGate(options.num_workers)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -251,15 +253,18 @@ class LocalBackend(DecoderBackend):
         quality gates (no-speech, log-prob, compression) are left to the caller.
 
         Live sessions call this; while any call is in progress :meth:`transcribe` (files)
-        pauses between its windows, so live steps go first.
+        pauses between its windows, so live steps go first. At most ``num_workers`` calls
+        decode at once (the model's own parallelism); of the others, ``options.urgent`` ones
+        go first.
         """
-        started = time.perf_counter()
         self._live_decodes.append(None)
         try:
-            result = self._decode(audio, options)
+            with self._gate.slot(options.urgent):
+                started = time.perf_counter()
+                result = self._decode(audio, options)
+                elapsed = time.perf_counter() - started
         finally:
             self._live_decodes.pop()
-        elapsed = time.perf_counter() - started
         for observer in self.observers:
             try:
                 observer(result.duration, elapsed)

@@ -213,7 +213,10 @@ class StreamingPipeline(Stream):
         first, self._first_decode = self._first_decode, False
         # A decode in a pause is likely the utterance's last (see ``end_probe``).
         pausing = self._vad.pause_start is not None
-        decoded = self._decode(self._window_start, self._total, final=pausing, context=not first)
+        # The first words of an utterance and its last (a pause) are what a user waits for:
+        # they go before other streams' routine steps when the model is busy.
+        urgent = first or pausing
+        decoded = self._decode(self._window_start, self._total, final=pausing, context=not first, urgent=urgent)
         self._last_decoded, self._last_unusable = self._total, decoded.silent or decoded.looped
         events = decoded.events
         if decoded.looped:
@@ -275,7 +278,14 @@ class StreamingPipeline(Stream):
     # --- decoding ----------------------------------------------------------------------
 
     def _decode(
-        self, start: int, end: int, *, final: bool, full_context: bool = False, context: bool = True
+        self,
+        start: int,
+        end: int,
+        *,
+        final: bool,
+        full_context: bool = False,
+        context: bool = True,
+        urgent: bool = True,
     ) -> _Decoded:
         """Decode stream samples [start, end): filtered words and why segments were dropped.
 
@@ -314,6 +324,7 @@ class StreamingPipeline(Stream):
                 prefix=tuple(prefix),
                 beam_size=self._p.beam_size,
                 encoder_frames=frames,
+                urgent=urgent,
             ),
         )
         self.decodes += 1
@@ -323,7 +334,7 @@ class StreamingPipeline(Stream):
             # After a forced context the decoder sometimes re-says it and loops ("... main
             # menu. Press four to record ..." over and over): the window alone usually does not.
             logger.debug("a decode with context looped; decoding the window alone")
-            return self._decode(start, end, final=final, full_context=full_context, context=False)
+            return self._decode(start, end, final=final, full_context=full_context, context=False, urgent=urgent)
         if not self._language_locked and decoded.words:
             self._detect_language(result, decoded.events)
         return decoded

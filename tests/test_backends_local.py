@@ -90,3 +90,36 @@ def test_the_token_budget_leaves_room_for_a_long_prompt(local_backend, en00: Fix
     assert budget == MIN_NEW_TOKENS + int(MAX_TOKENS_PER_SECOND * len(audio) / SR)
     assert short < 10 and long > 200
     assert clipped == model.max_length - long < MIN_NEW_TOKENS + MAX_TOKENS_PER_SECOND * 25
+
+
+def test_decodes_wait_for_a_worker_and_urgent_ones_go_first(monkeypatch):
+    import threading
+    import time
+
+    from backends.base import DecodeResult
+    from backends.local import LocalBackend, LocalBackendOptions
+
+    backend = LocalBackend(LocalBackendOptions(model="tiny.en", num_workers=1))
+    started: list[str] = []
+    release = threading.Event()
+
+    def fake_decode(audio: np.ndarray, options: DecodeOptions) -> DecodeResult:
+        started.append(options.prompt or "")
+        release.wait(5)
+        return DecodeResult(segments=(), language="en", language_probability=1.0, duration=0.1)
+
+    monkeypatch.setattr(backend, "_decode", fake_decode)
+    audio = np.zeros(1600, dtype=np.float32)
+    threads = []
+    for name, urgent in [("busy", False), ("step", False), ("final", True)]:
+        options = DecodeOptions(prompt=name, urgent=urgent)
+        threads.append(threading.Thread(target=backend.decode, args=(audio, options)))
+        threads[-1].start()
+        deadline = time.monotonic() + 5
+        while len(started) + backend._gate.waiting < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert started == ["busy"] and backend.live_decodes == 3  # one worker: the others wait
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert started == ["busy", "final", "step"]

@@ -355,6 +355,16 @@ class LaggingVad(ScriptedVad):
         return None
 
 
+def test_first_words_and_pauses_are_urgent_routine_steps_are_not():
+    decoder = ScriptedDecoder()
+    options = PipelineOptions(first_step=0.3, step=1.0, early_step=1.0, end_probe=0.1)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 4.25)]))
+    run(pipeline, ramp(6.0), chunk_seconds=0.05)
+    urgent = {round(end, 2): o.urgent for (_, end), o in zip(decoder.windows, decoder.options, strict=True)}
+    # The first decode (1.3 s), steps at 2.3 and 3.3, the pause decode 0.1 s into the pause.
+    assert urgent == {1.3: True, 2.3: False, 3.3: False, 4.35: True}
+
+
 def test_a_pause_is_decoded_at_once_and_that_decode_gives_the_final():
     decoder = ScriptedDecoder()
     options = PipelineOptions(first_step=0.3, early_step=0.75, early_period=3.0, end_probe=0.1)
