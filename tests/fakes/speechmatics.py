@@ -225,7 +225,7 @@ class FakeSpeechmatics:
     def stop(self) -> None:
         if self._loop is None:
             return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=20)
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(timeout=10)
@@ -244,7 +244,9 @@ class FakeSpeechmatics:
     async def _serve(self) -> None:
         from websockets.asyncio.server import serve
 
-        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._check_key)
+        # A client that fails may not answer a close frame at once; websockets' default waits
+        # 10 s for it, which made shutting the fake down race its own 10 s bound on a slow CI VM.
+        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._check_key, close_timeout=2)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
