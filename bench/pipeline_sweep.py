@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import pstats
-import resource
 import sys
 import time
 import wave
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.encoder_cost import yardstick
+from bench.encoder_cost import cpu_seconds, yardstick
 from bench.wer import corpus_wer
 
 DEFAULT_FILES = [
@@ -39,11 +38,6 @@ DEFAULT_FILES = [
 
 
 SHIFT = 0.37  # seconds of leading silence added per --shifts draw
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def read_wav(path: Path) -> np.ndarray:
