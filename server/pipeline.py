@@ -219,11 +219,9 @@ class StreamingPipeline(Stream):
         decoded = self._decode(self._window_start, self._total, final=pausing, context=not first, urgent=urgent)
         self._last_decoded, self._last_unusable = self._total, decoded.silent or decoded.looped
         events = decoded.events
-        if decoded.looped:
-            # Its words are unknown: keep the last hypothesis (and partial) rather than agree
-            # with, or lose the pending words to, a decode that lost its way.
-            events += self._emit([])
-        else:
+        # A loop's words are unknown: keep the last hypothesis (and partial) rather than agree
+        # with, or lose the pending words to, a decode that lost its way.
+        if not decoded.looped:
             until = self._total / SAMPLE_RATE - self._p.commit_margin
             events += self._emit(self._agreement.insert(decoded.words, until=until))
         events += self._trim()
