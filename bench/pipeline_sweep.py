@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.encoder_cost import cpu_seconds, yardstick
-from bench.wer import corpus_wer
+from bench.wer import align, corpus_wer, normalize, word_errors
 
 DEFAULT_FILES = [
     Path(__file__).resolve().parent.parent / "tests" / "fixtures" / f"{name}.wav" for name in ("en-dev-00", "en-dev-01")
@@ -104,7 +104,16 @@ def latencies(events: list[tuple[float, object]], utterances: list[dict], shift:
     return final_latencies(record, utts), first_partial_latencies(record, utts)
 
 
-def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: float, shifts: int = 1) -> dict:
+def run_one(
+    backend,
+    files: list[Path],
+    overrides: dict[str, float],
+    chunk: float,
+    shifts: int = 1,
+    texts: dict[str, str] | None = None,
+) -> dict:
+    """One setting's row; ``texts`` (if given) receives each file's joined finals by stem
+    (the first draw's, with --shifts)."""
     from backends.base import Final, StreamOptions
     from bench.stream_bench import percentile
     from server.pipeline import PipelineOptions, StreamingPipeline
@@ -124,6 +133,8 @@ def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: floa
         events = simulate(pipeline, audio, chunk)
         hypothesis = " ".join(e.text for _, e in events if isinstance(e, Final))
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
+        if texts is not None and shift == 0:
+            texts[path.stem] = hypothesis
         finals, firsts = latencies(events, reference["utterances"], shift * SHIFT)
         final_lat += [v for v in finals if v is not None]
         first_lat += [v for v in firsts if v is not None]
@@ -141,13 +152,44 @@ def run_one(backend, files: list[Path], overrides: dict[str, float], chunk: floa
     }
 
 
-def offline_wer(model: str, files: list[Path]) -> float:
-    """WER of offline faster-whisper on ``files`` (stream_bench's reference, cached on disk)."""
+def offline_texts(model: str, files: list[Path]) -> dict[str, str]:
+    """Offline faster-whisper's text per file stem (stream_bench's reference, cached on disk)."""
     from bench.stream_bench import load_stream, offline_transcripts
 
     streams = [load_stream(path) for path in files]
     texts = offline_transcripts(model, streams)
-    return corpus_wer([(stream.reference, texts[stream.stream_id]) for stream in streams])
+    return {path.stem: texts[stream.stream_id] for path, stream in zip(files, streams, strict=True)}
+
+
+def references(files: list[Path]) -> dict[str, str]:
+    """Each file's reference text by stem."""
+    out = {}
+    for path in files:
+        reference = json.loads(path.with_suffix(".json").read_text())
+        out[path.stem] = " ".join(u["text"] for u in reference["utterances"])
+    return out
+
+
+def error_list(reference: str, hypothesis: str) -> str:
+    """A hypothesis' word errors, in order: ``ref>hyp`` substituted, ``-ref`` missing,
+    ``+hyp`` inserted (normalised words, as the WER counts them)."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    shown = []
+    for op, i, j in align(ref, hyp):
+        if op == "S":
+            shown.append(f"{ref[i]}>{hyp[j]}")
+        elif op == "D":
+            shown.append(f"-{ref[i]}")
+        elif op == "I":
+            shown.append(f"+{hyp[j]}")
+    return " ".join(shown) or "(none)"
+
+
+def print_errors(label: str, refs: dict[str, str], texts: dict[str, str]) -> None:
+    print(f"# errors: {label}")
+    for stem, reference in refs.items():
+        errors = word_errors(reference, texts[stem]).errors
+        print(f"{stem:>20} {errors:>3}  {error_list(reference, texts[stem])}")
 
 
 def _short(arg: str) -> str:
@@ -190,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         help="profile the runs (cProfile) and print the N functions with the most own time: where "
         "the CPU goes (CTranslate2's encode, generate and align are single native calls)",
     )
+    parser.add_argument(
+        "--errors",
+        action="store_true",
+        help="list each file's word errors per setting (and offline's, with --offline): which words "
+        "a setting gets wrong, not only how many",
+    )
     args = parser.parse_args(argv)
     args.files = [f for path in args.files for f in (sorted(path.glob("*.wav")) if path.is_dir() else [path])]
 
@@ -207,11 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    rows = [run_one(backend, args.files, combo, args.chunk, args.shifts) for combo in parse_sets(args.set)]
+    combos = parse_sets(args.set)
+    texts: list[dict[str, str]] = [{} for _ in combos]
+    pairs = zip(combos, texts, strict=True)
+    rows = [run_one(backend, args.files, combo, args.chunk, args.shifts, out) for combo, out in pairs]
     if profiler:
         profiler.disable()
+    refs = references(args.files)
     if args.offline:
-        offline = offline_wer(args.model, args.files)
+        offline_by_file = offline_texts(args.model, args.files)
+        offline = corpus_wer([(refs[stem], offline_by_file[stem]) for stem in refs])
         print(f"# offline faster-whisper on the same files (beam 1, VAD filter): WER {offline:.3f}")
         for row in rows:
             row["wer_ratio"] = row["wer"] / offline if offline else float("nan")
@@ -219,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     print("  ".join(f"{c:>16}" for c in columns))
     for row in rows:
         print("  ".join(f"{row[c]:>16.3f}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in columns))
+    if args.errors:
+        for combo, out in zip(combos, texts, strict=True):
+            print()
+            print_errors(", ".join(f"{k}={v:g}" for k, v in combo.items()) or "defaults", refs, out)
+        if args.offline:
+            print()
+            print_errors("offline faster-whisper", refs, offline_by_file)
     if profiler:
         print()
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)

@@ -66,6 +66,10 @@ class Session:
     stream: Stream
     resampler: Resampler
     queue: Any
+    # Held while audio is accepted and while a failure ends the session: a chunk could otherwise
+    # be accepted after the failure counted the audio, or refused before the failure's error was
+    # sent. A lock of the async mode (Runtime.lock), since the failure emits while holding it.
+    accepting: Any
     started_at: float = field(default_factory=time.time)
     state: str = "running"  # running -> stopping -> stopped
     accepted: int = 0  # samples (16 kHz) accepted into the queue
@@ -80,10 +84,6 @@ class Session:
     retained: list[np.ndarray] = field(default_factory=list)
     retained_from: int = 0
     done: threading.Event = field(default_factory=threading.Event)
-    # Held while audio is accepted and while a failure ends the session: a chunk could otherwise
-    # be accepted after the failure counted the audio, or refused before the failure's error was
-    # sent. A lock of the async mode (Runtime.lock): the failure emits while holding it.
-    accepting: Any = field(default_factory=threading.Lock)
     failed: bool = False  # a backend failure that could not be recovered ended the session
 
     @property

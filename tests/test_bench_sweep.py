@@ -1,4 +1,4 @@
-"""bench.pipeline_sweep: the simulated clock behind its latency columns."""
+"""bench.pipeline_sweep: the simulated clock behind its latency columns, and its error listing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backends.base import StreamOptions
-from bench.pipeline_sweep import latencies, simulate
+from bench.pipeline_sweep import error_list, latencies, simulate
 from server.pipeline import StreamingPipeline
 from tests.test_pipeline import LaggingVad, ScriptedDecoder, ramp
 
@@ -62,3 +62,11 @@ def test_final_latency_is_the_vad_wait_plus_the_decode_time(cost):
     assert finals[0] == pytest.approx(max(0.3, 0.1 + cost) + 0.1, abs=0.06)
     # The first decode runs after 0.3 s of speech and shows the first words.
     assert firsts[0] == pytest.approx(0.3 + cost, abs=0.06)
+
+
+def test_the_error_listing_names_each_word_the_wer_counts():
+    # Normalised as the WER counts them: "1" and "one" match, case and punctuation do not count.
+    assert error_list("Dial 1 if you wish this caller", "Dial one if you wish this color.") == "caller>color"
+    assert error_list("Login incorrect. Mailbox?", "Login and correct. Mailbox.") == "+and incorrect>correct"
+    assert error_list("Goodbye!", "") == "-goodbye"
+    assert error_list("Press star.", "press star") == "(none)"
