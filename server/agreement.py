@@ -67,15 +67,21 @@ class LocalAgreement:
         self.committed_end = 0.0  # end time of the last committed word
         self._previous: list[Word] = []  # the previous hypothesis' uncommitted words
 
-    def insert(self, hypothesis: Sequence[Word], until: float | None = None) -> list[Word]:
+    def insert(
+        self, hypothesis: Sequence[Word], until: float | None = None, min_probability: float = 0.0
+    ) -> list[Word]:
         """Add a hypothesis; return the newly committed words (possibly none).
 
         ``until``: commit only agreed words that end by then (the newest words of a window
-        are the least reliable, even when two decodes agree on them).
+        are the least reliable, even when two decodes agree on them). ``min_probability``:
+        an agreed word that either decode gave a lower probability stops the commit there
+        (two decodes of one window share their mistakes; the decode at the pause hears more).
         """
         agreed = 0
         for old, cur in zip(self._previous, hypothesis, strict=False):
             if word_key(old.text) != word_key(cur.text) or (until is not None and cur.end > until):
+                break
+            if min(old.probability, cur.probability) < min_probability:
                 break
             agreed += 1
         # A final that ends inside a word would show "non -administrator" once the client

@@ -77,6 +77,10 @@ class PipelineOptions:
     # Agreed words commit only once they end this long before the audio does: the newest words
     # of a window change most, even when two decodes agree on them.
     commit_margin: float = 1.0
+    # Nor does an agreed word commit if either decode gave it less than this probability: it and
+    # the words after it wait for the pause decode, which hears what follows them ("press
+    # forward to place", "forward" at 0.03, was "press 4 to place"). Measured in docs/PIPELINE.md.
+    commit_probability: float = 0.3
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
@@ -223,7 +227,9 @@ class StreamingPipeline(Stream):
         # with, or lose the pending words to, a decode that lost its way.
         if not decoded.looped:
             until = self._total / SAMPLE_RATE - self._p.commit_margin
-            events += self._emit(self._agreement.insert(decoded.words, until=until))
+            events += self._emit(
+                self._agreement.insert(decoded.words, until=until, min_probability=self._p.commit_probability)
+            )
         events += self._trim()
         young = self._total - self._speech_start < self._p.early_period * SAMPLE_RATE
         step = min(self._p.step, self._p.early_step) if young else self._p.step

@@ -46,6 +46,29 @@ def test_agreed_words_too_close_to_the_audio_end_wait():
     assert texts(agreement.insert(words("two three four five", start=0.3), until=1.0)) == ["two", "three"]
 
 
+def test_an_agreed_word_either_decode_was_unsure_of_waits_with_the_words_after_it():
+    def unsure(ws: list[Word], index: int, probability: float) -> list[Word]:
+        ws[index] = Word(ws[index].text, ws[index].start, ws[index].end, probability)
+        return ws
+
+    agreement = LocalAgreement()
+    # tiny.en heard "press 4 to place" as "press forward to place" (0.03) twice.
+    agreement.insert(unsure(words("press forward to place"), 1, 0.5))
+    committed = agreement.insert(unsure(words("press forward to place an"), 1, 0.03), min_probability=0.3)
+    assert texts(committed) == ["press"]
+    assert texts(agreement.pending) == ["forward", "to", "place", "an"]
+    # An unsure word in the older of the two decodes holds the commit back too.
+    agreement.insert(unsure(words("four to place an", start=0.3), 0, 0.2), min_probability=0.3)
+    committed = agreement.insert(words("four to place an outgoing", start=0.3), min_probability=0.3)
+    assert committed == []
+    # Two confident decodes commit it; without a threshold nothing is held back.
+    committed = agreement.insert(words("four to place an outgoing", start=0.3), min_probability=0.3)
+    assert texts(committed) == ["four", "to", "place", "an", "outgoing"]
+    agreement = LocalAgreement()
+    agreement.insert(unsure(words("press forward"), 1, 0.03))
+    assert texts(agreement.insert(unsure(words("press forward to"), 1, 0.03))) == ["press", "forward"]
+
+
 def test_commit_all_commits_a_hypothesis_or_the_pending_words():
     agreement = LocalAgreement()
     agreement.insert(words("thank you for"))

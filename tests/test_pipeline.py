@@ -156,6 +156,7 @@ class ScriptedDecoder(DecoderBackend):
         collapse_every: int = 0,
         loop_with_context: bool = False,
         loop_past: float | None = None,
+        unsure: frozenset[int] = frozenset(),
     ) -> None:
         self.windows: list[tuple[float, float]] = []  # stream span of the last piece decoded
         self.pieces: list[list[tuple[float, float]]] = []  # stream spans of every piece decoded
@@ -167,6 +168,7 @@ class ScriptedDecoder(DecoderBackend):
         # in front of the window, and those whose audio reaches past ``loop_past`` seconds.
         self.loop_with_context = loop_with_context
         self.loop_past = loop_past
+        self.unsure = unsure  # slots whose word comes with probability 0.05
         self.calls = 0
 
     def info(self) -> BackendInfo:
@@ -199,7 +201,7 @@ class ScriptedDecoder(DecoderBackend):
                 if self.punctuate_every and (k + 1) % self.punctuate_every == 0:
                     text += "."
                 at = (index + k * slot - first) / 16000
-                words.append(Word(text, at, at + 0.25))
+                words.append(Word(text, at, at + 0.25, 0.05 if k in self.unsure else 1.0))
         words = words[len(options.prefix) :]
         if self.collapse_every and self.calls % self.collapse_every == 0:
             # The right words with the alignment collapsed, all at one instant (seen with
@@ -363,6 +365,23 @@ def test_first_words_and_pauses_are_urgent_routine_steps_are_not():
     urgent = {round(end, 2): o.urgent for (_, end), o in zip(decoder.windows, decoder.options, strict=True)}
     # The first decode (1.3 s), steps at 2.3 and 3.3, the pause decode 0.1 s into the pause.
     assert urgent == {1.3: True, 2.3: False, 3.3: False, 4.35: True}
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.0])
+def test_an_unsure_word_is_committed_by_the_pause_decode_not_by_agreement(threshold):
+    decoder = ScriptedDecoder(unsure=frozenset({8}))  # w8: 2.0-2.25 s
+    options = PipelineOptions(commit_probability=threshold)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 5.5)]))
+    events = run(pipeline, ramp(7.0), chunk_seconds=0.05)
+    finals = [e for e in events if isinstance(e, Final)]
+    # Every word once, in order, either way.
+    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 22))
+    with_w8 = next(e for e in finals if any(w.text.strip() == "w8" for w in e.words))
+    if threshold:
+        # It waited (and the words after it) for the decode 0.1 s into the pause at 5.5 s.
+        assert with_w8.words[0].text.strip() == "w8" and with_w8.end > 5.0
+    else:
+        assert with_w8.end < 4.0  # agreed by two steps with a 1 s margin
 
 
 def test_a_pause_is_decoded_at_once_and_that_decode_gives_the_final():
