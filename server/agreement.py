@@ -68,20 +68,26 @@ class LocalAgreement:
         self._previous: list[Word] = []  # the previous hypothesis' uncommitted words
 
     def insert(
-        self, hypothesis: Sequence[Word], until: float | None = None, min_probability: float = 0.0
+        self,
+        hypothesis: Sequence[Word],
+        until: float | None = None,
+        min_probability: float = 0.0,
+        unsure_until: float | None = None,
     ) -> list[Word]:
         """Add a hypothesis; return the newly committed words (possibly none).
 
         ``until``: commit only agreed words that end by then (the newest words of a window
         are the least reliable, even when two decodes agree on them). ``min_probability``:
         an agreed word that either decode gave a lower probability stops the commit there
-        (two decodes of one window share their mistakes; the decode at the pause hears more).
+        (two decodes of one window share their mistakes; the decode at the pause hears more),
+        unless it ends by ``unsure_until`` (so that speech without pauses still commits).
         """
         agreed = 0
         for old, cur in zip(self._previous, hypothesis, strict=False):
             if word_key(old.text) != word_key(cur.text) or (until is not None and cur.end > until):
                 break
-            if min(old.probability, cur.probability) < min_probability:
+            unsure = min(old.probability, cur.probability) < min_probability
+            if unsure and (unsure_until is None or cur.end > unsure_until):
                 break
             agreed += 1
         # A final that ends inside a word would show "non -administrator" once the client

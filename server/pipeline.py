@@ -81,6 +81,8 @@ class PipelineOptions:
     # the words after it wait for the pause decode, which hears what follows them ("press
     # forward to place", "forward" at 0.03, was "press 4 to place"). Measured in docs/PIPELINE.md.
     commit_probability: float = 0.3
+    # ... for at most this long after ``commit_margin``: speech without a pause still commits.
+    unsure_hold: float = 2.0
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
@@ -228,7 +230,12 @@ class StreamingPipeline(Stream):
         if not decoded.looped:
             until = self._total / SAMPLE_RATE - self._p.commit_margin
             events += self._emit(
-                self._agreement.insert(decoded.words, until=until, min_probability=self._p.commit_probability)
+                self._agreement.insert(
+                    decoded.words,
+                    until=until,
+                    min_probability=self._p.commit_probability,
+                    unsure_until=until - self._p.unsure_hold,
+                )
             )
         events += self._trim()
         young = self._total - self._speech_start < self._p.early_period * SAMPLE_RATE

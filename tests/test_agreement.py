@@ -67,6 +67,14 @@ def test_an_agreed_word_either_decode_was_unsure_of_waits_with_the_words_after_i
     agreement = LocalAgreement()
     agreement.insert(unsure(words("press forward"), 1, 0.03))
     assert texts(agreement.insert(unsure(words("press forward to"), 1, 0.03))) == ["press", "forward"]
+    # An unsure word that ends by ``unsure_until`` commits: speech without pauses must not
+    # hold everything after it back until the window overflows.
+    agreement = LocalAgreement()
+    agreement.insert(unsure(words("press forward to"), 1, 0.03))
+    committed = agreement.insert(
+        unsure(words("press forward to place"), 1, 0.03), min_probability=0.3, unsure_until=0.6
+    )
+    assert texts(committed) == ["press", "forward", "to"]  # "place": said once so far
 
 
 def test_commit_all_commits_a_hypothesis_or_the_pending_words():

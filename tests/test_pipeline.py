@@ -371,17 +371,31 @@ def test_first_words_and_pauses_are_urgent_routine_steps_are_not():
 def test_an_unsure_word_is_committed_by_the_pause_decode_not_by_agreement(threshold):
     decoder = ScriptedDecoder(unsure=frozenset({8}))  # w8: 2.0-2.25 s
     options = PipelineOptions(commit_probability=threshold)
-    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 5.5)]))
-    events = run(pipeline, ramp(7.0), chunk_seconds=0.05)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 4.5)]))
+    events = run(pipeline, ramp(6.0), chunk_seconds=0.05)
     finals = [e for e in events if isinstance(e, Final)]
     # Every word once, in order, either way.
-    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 22))
+    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 18))
     with_w8 = next(e for e in finals if any(w.text.strip() == "w8" for w in e.words))
     if threshold:
-        # It waited (and the words after it) for the decode 0.1 s into the pause at 5.5 s.
-        assert with_w8.words[0].text.strip() == "w8" and with_w8.end > 5.0
+        # It waited (and the words after it) for the decode 0.1 s into the pause at 4.5 s.
+        assert with_w8.words[0].text.strip() == "w8" and with_w8.end > 4.0
     else:
         assert with_w8.end < 4.0  # agreed by two steps with a 1 s margin
+
+
+def test_an_unsure_word_in_speech_without_pauses_waits_only_so_long():
+    decoder = ScriptedDecoder(unsure=frozenset({8}))  # w8: 2.0-2.25 s, unsure in every decode
+    options = PipelineOptions(commit_probability=0.3, commit_margin=1.0, unsure_hold=2.0, step=1.0)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 12.0)]))
+    audio, chunk, committed_at = ramp(14.0), 800, {}
+    for i in range(0, len(audio), chunk):
+        for word in committed_words(pipeline.feed(audio[i : i + chunk])):
+            committed_at[slot(word)] = (i + chunk) / 16000
+    # w8 ends at 2.25 s: it commits once it ends margin + hold (3 s) before the audio, at the
+    # next steps that agree (a step each second), not at the pause 10 s later.
+    assert 5.25 <= committed_at[8] <= 6.5
+    assert committed_at[9] == committed_at[8]
 
 
 def test_a_pause_is_decoded_at_once_and_that_decode_gives_the_final():
