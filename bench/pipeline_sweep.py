@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.encoder_cost import cpu_seconds, yardstick
-from bench.wer import align, corpus_wer, normalize, word_errors
+from bench.wer import align, corpus_wer, normalize
 
 DEFAULT_FILES = [
     Path(__file__).resolve().parent.parent / "tests" / "fixtures" / f"{name}.wav" for name in ("en-dev-00", "en-dev-01")
@@ -170,7 +170,7 @@ def references(files: list[Path]) -> dict[str, str]:
     return out
 
 
-def error_list(reference: str, hypothesis: str) -> str:
+def error_list(reference: str, hypothesis: str) -> list[str]:
     """A hypothesis' word errors, in order: ``ref>hyp`` substituted, ``-ref`` missing,
     ``+hyp`` inserted (normalised words, as the WER counts them)."""
     ref, hyp = normalize(reference), normalize(hypothesis)
@@ -182,14 +182,14 @@ def error_list(reference: str, hypothesis: str) -> str:
             shown.append(f"-{ref[i]}")
         elif op == "I":
             shown.append(f"+{hyp[j]}")
-    return " ".join(shown) or "(none)"
+    return shown
 
 
 def print_errors(label: str, refs: dict[str, str], texts: dict[str, str]) -> None:
     print(f"# errors: {label}")
     for stem, reference in refs.items():
-        errors = word_errors(reference, texts[stem]).errors
-        print(f"{stem:>20} {errors:>3}  {error_list(reference, texts[stem])}")
+        errors = error_list(reference, texts[stem])
+        print(f"{stem:>20} {len(errors):>3}  {' '.join(errors) or '(none)'}")
 
 
 def _short(arg: str) -> str:
