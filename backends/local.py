@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -68,6 +69,39 @@ class LocalBackendOptions:
     num_workers: int = 2
     download_root: str | None = None
     warmup: bool = True
+    # Nice value of the threads that run the model (Linux; 0: as the caller). The socket
+    # loop and whatever else shares the machine then get a core first when all are busy.
+    nice: int = 0
+
+
+def _with_nice(nice: int, factory: Callable[[], Any]) -> Any:
+    """``factory()`` run on a helper thread whose nice value is raised by ``nice``, so the
+    threads it starts (CTranslate2's workers) inherit it.
+
+    Linux keeps a nice value per thread and a new thread inherits its creator's; elsewhere
+    ``setpriority`` would lower the whole process, so the factory runs as it is. An
+    unprivileged thread cannot lower its nice value again, hence the throwaway thread.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return factory()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except OSError as exc:  # a sandbox may forbid it: the model still loads
+            logger.warning("could not lower the model threads' priority: %s", exc)
+        try:
+            outcome["value"] = factory()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="model-load")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def encoder_frames_for(num_samples: int, factor: float = 2.0, minimum: int = MIN_ENCODER_FRAMES) -> int:
@@ -176,12 +210,15 @@ class LocalBackend(DecoderBackend):
         workers = max(1, self.options.num_workers)
         threads = self.options.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
         try:
-            self._model = WhisperModel(
-                resolved.path,
-                device=self._device,
-                compute_type=self._compute_type,
-                cpu_threads=threads,
-                num_workers=workers,
+            self._model = _with_nice(
+                self.options.nice,
+                lambda: WhisperModel(
+                    resolved.path,
+                    device=self._device,
+                    compute_type=self._compute_type,
+                    cpu_threads=threads,
+                    num_workers=workers,
+                ),
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise ConfigurationError(

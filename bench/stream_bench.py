@@ -514,6 +514,28 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int] | None:
+    """(all CPU time, time stolen by the hypervisor) in clock ticks since boot, from /proc/stat
+    (None if unreadable). A VM whose host is busy loses time to steal: its programs,
+    the benchmark's clients included, stall at random."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if first[0] != "cpu" or len(first) < 9:
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+    ticks = [int(v) for v in first[1:9]]
+    return sum(ticks), ticks[7]
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the machine's CPU time stolen by the hypervisor between two ``machine_ticks``."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -782,9 +804,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, raw, failures = [], [], []
         for clients in args.streams:
             logger.info("streaming %d client(s) to %s", clients, url)
+            ticks = machine_ticks()
             records, cpu, failed = run_configuration(
                 url, streams, clients, every_file=args.every_file, server_pid=pid, **session_kwargs
             )
+            steal = steal_share(ticks, machine_ticks())
             failures.extend(f"{clients} streams: {f}" for f in failed)
             by_id = {s.stream_id: s for s in streams}
             metrics = [
@@ -794,6 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["streams"] = clients
             row["cpu_s"] = cpu
             row["cpu_per_audio_s"] = cpu / row["audio_s"] if cpu is not None and row["audio_s"] else None
+            row["steal"] = steal
             rows.append(row)
             raw.append(
                 {
@@ -838,6 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(f"{row['sessions_not_stopped']} sessions without 'stopped'")
         if row["max_send_lag"] > 0.05:
             notes.append(f"client pacing lagged up to {row['max_send_lag']:.2f} s")
+        if row["steal"] is not None and row["steal"] >= 0.01:
+            notes.append(f"the hypervisor took {row['steal']:.0%} of the CPU time (steal)")
         if notes:
             print(f"note ({row['streams']} streams): " + "; ".join(notes))
     for failure in failures:

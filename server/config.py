@@ -83,6 +83,7 @@ class Config:
                 cpu_threads=args.cpu_threads,
                 num_workers=args.num_workers,
                 download_root=args.download_root,
+                nice=args.inference_nice,
             ),
             pipeline=pipeline,
             cloud=CloudOptions(
@@ -176,6 +177,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     option("--cpu-threads", "LIVESCRIBE_CPU_THREADS", 0, "threads per decode (0: cores / workers)", type=int)
     option("--num-workers", "LIVESCRIBE_NUM_WORKERS", 2, "decodes that may run in parallel", type=int)
+    option(
+        "--inference-nice",
+        "LIVESCRIBE_INFERENCE_NICE",
+        10,
+        "nice value added to the model's threads (Linux), so socket I/O and other programs go first",
+        type=int,
+    )
     option("--download-root", "LIVESCRIBE_DOWNLOAD_ROOT", None, "cache folder for downloaded models")
     option(
         "--language",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from backends.base import DecodeOptions
 from backends.local import MAX_TOKENS_PER_SECOND, MIN_NEW_TOKENS, encoder_frames_for
@@ -123,3 +127,46 @@ def test_decodes_wait_for_a_worker_and_urgent_ones_go_first(monkeypatch):
     for thread in threads:
         thread.join(5)
     assert started == ["busy", "final", "step"]
+
+
+def _nice_of_threads() -> dict[int, int]:
+    """Nice value of each thread of this process (Linux /proc)."""
+    import os
+
+    nices = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        nices[int(tid)] = int(stat[stat.rindex(")") + 2 :].split()[16])
+    return nices
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_model_threads_run_at_the_configured_nice_value_and_the_caller_does_not():
+    import os
+
+    from backends.local import LocalBackend, LocalBackendOptions
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    before = _nice_of_threads()
+    backend = LocalBackend(LocalBackendOptions(model="tiny.en", num_workers=2, cpu_threads=1, warmup=False, nice=3))
+    backend.load()
+    started = {tid: nice for tid, nice in _nice_of_threads().items() if tid not in before}
+    assert started and set(started.values()) == {min(19, base + 3)}  # CTranslate2's workers
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the caller's own priority is unchanged
+    audio = np.zeros(SR, dtype=np.float32)
+    assert backend.decode(audio, DecodeOptions(language="en", encoder_frames=encoder_frames_for(SR))).duration == 1.0
+    backend.close()
+
+
+def test_a_failing_model_load_on_the_helper_thread_is_raised_to_the_caller():
+    from backends.local import _with_nice
+
+    def fail() -> None:
+        raise RuntimeError("no such model")
+
+    with pytest.raises(RuntimeError, match="no such model"):
+        _with_nice(2, fail)
+    assert _with_nice(0, lambda: 7) == 7

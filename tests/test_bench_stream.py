@@ -161,6 +161,19 @@ def test_process_cpu_seconds_reads_proc() -> None:
     assert sb.process_cpu_seconds(os.getpid()) >= before + 0.1
 
 
+def test_steal_is_the_share_of_all_cpu_time_the_hypervisor_took() -> None:
+    assert sb.steal_share((1000, 10), (1400, 30)) == pytest.approx(0.05)
+    assert sb.steal_share(None, (1400, 30)) is None and sb.steal_share((1000, 10), (1000, 10)) is None
+    ticks = sb.machine_ticks()
+    if ticks is None:
+        pytest.skip("no /proc/stat")
+    total, steal = ticks
+    assert 0 <= steal <= total
+    time.sleep(0.05)
+    later = sb.machine_ticks()
+    assert later is not None and later[0] >= total and later[1] >= steal
+
+
 class ScriptedSio:
     """A ``socketio.Client`` stand-in on a fake clock: answers start and stop at once and
     records when each audio chunk was sent; one send takes ``slow_send`` seconds."""

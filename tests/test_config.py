@@ -18,6 +18,7 @@ def test_defaults_are_the_offline_gevent_server():
     assert (config.host, config.port, config.async_mode) == ("127.0.0.1", 8000, "gevent")
     assert config.local.model == "tiny.en" and config.local.device == "auto" and config.local.compute_type == "auto"
     assert config.language == "auto" and config.cloud.api_key is None and config.cloud.failover is True
+    assert config.local.nice == 10  # the model's threads yield to socket I/O
 
 
 def test_environment_then_flags():
@@ -29,13 +30,14 @@ def test_environment_then_flags():
         "SPEECHMATICS_API_KEY": "secret",
         "SPEECHMATICS_RT_URL": "wss://eu2.rt.speechmatics.com/v2",
         "LIVESCRIBE_STEP": "0.75",
+        "LIVESCRIBE_INFERENCE_NICE": "0",
     }
     config = Config.from_args([], env)
     assert config.port == 9001 and config.local.model == "base"
     assert config.cors_origins == ("https://a.example", "https://b.example")
     assert config.cloud.failover is False and config.cloud.api_key == "secret"
     assert config.cloud.url == "wss://eu2.rt.speechmatics.com/v2"
-    assert config.pipeline.step == 0.75
+    assert config.pipeline.step == 0.75 and config.local.nice == 0
     flagged = Config.from_args(["--port", "9002", "--model", "small", "--failover", "true"], env)
     assert flagged.port == 9002 and flagged.local.model == "small" and flagged.cloud.failover is True
 
