@@ -104,7 +104,7 @@ def _with_nice(nice: int, factory: Callable[[], Any]) -> Any:
     return outcome["value"]
 
 
-def encoder_frames_for(num_samples: int, factor: float = 2.0, minimum: int = MIN_ENCODER_FRAMES) -> int:
+def encoder_frames_for(num_samples: int, factor: float = 1.5, minimum: int = MIN_ENCODER_FRAMES) -> int:
     """Encoder frames to pad a window of ``num_samples`` to: ``factor`` times its length,
     at least ``minimum``, at most Whisper's 30 s, rounded up to 200 frames (few shapes)."""
     frames = int(num_samples // 160 * factor)

@@ -58,7 +58,9 @@ class PipelineOptions:
     vad: VadOptions = field(default_factory=VadOptions)
     # Encoder context for streaming decodes: the window padded to ``encoder_factor`` x its
     # length, at least ``min_encoder_frames`` (10 ms frames). None/0 factor: Whisper's 30 s.
-    encoder_factor: float = 2.0
+    # The floor is what stops short windows looping; above it, 1.5 cost the same accuracy as
+    # 2.0 for a fifth less CPU (docs/PIPELINE.md, "The encoder's 30 s padding").
+    encoder_factor: float = 1.5
     min_encoder_frames: int = 1000
     # Decode an utterance's last words (at a pause and at the end) with the full 30 s.
     final_full_context: bool = False
