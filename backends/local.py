@@ -36,7 +36,7 @@ from backends.base import (
 )
 from backends.errors import BackendFailure, ConfigurationError, ModelNotFound
 from backends.models import resolve_model
-from backends.native import PriorityGate
+from backends.native import PriorityGate, native_thread_api
 
 if TYPE_CHECKING:  # pragma: no cover
     from faster_whisper import WhisperModel
@@ -96,9 +96,20 @@ def _with_nice(nice: int, factory: Callable[[], Any]) -> Any:
         except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=run, name="model-load")
-    thread.start()
-    thread.join()
+    # A native thread: under gevent's monkey patching ``threading.Thread`` is a greenlet on
+    # the main thread, which would lower the event loop's priority with the model's.
+    start_new_thread, allocate_lock = native_thread_api()
+    done = allocate_lock()
+    done.acquire()
+
+    def run_then_release() -> None:
+        try:
+            run()
+        finally:
+            done.release()
+
+    start_new_thread(run_then_release, ())
+    done.acquire()  # start-up only: blocking here is what loading the model does anyway
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
