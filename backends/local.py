@@ -85,6 +85,11 @@ def _with_nice(nice: int, factory: Callable[[], Any]) -> Any:
     if nice <= 0 or not sys.platform.startswith("linux"):
         return factory()
     outcome: dict[str, Any] = {}
+    # A native thread: under gevent's monkey patching ``threading.Thread`` is a greenlet on
+    # the main thread, which would lower the event loop's priority with the model's.
+    start_new_thread, allocate_lock = native_thread_api()
+    done = allocate_lock()
+    done.acquire()
 
     def run() -> None:
         try:
@@ -95,20 +100,10 @@ def _with_nice(nice: int, factory: Callable[[], Any]) -> Any:
             outcome["value"] = factory()
         except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             outcome["error"] = exc
-
-    # A native thread: under gevent's monkey patching ``threading.Thread`` is a greenlet on
-    # the main thread, which would lower the event loop's priority with the model's.
-    start_new_thread, allocate_lock = native_thread_api()
-    done = allocate_lock()
-    done.acquire()
-
-    def run_then_release() -> None:
-        try:
-            run()
         finally:
             done.release()
 
-    start_new_thread(run_then_release, ())
+    start_new_thread(run, ())
     done.acquire()  # start-up only: blocking here is what loading the model does anyway
     if "error" in outcome:
         raise outcome["error"]
