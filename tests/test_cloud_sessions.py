@@ -112,7 +112,10 @@ def stream_until_error(recorder: TestClientRecorder, pcm: bytes, speed: float) -
             return
         due = started + (offset + CHUNK_BYTES) / 32000 / speed
         time.sleep(max(0.0, due - time.monotonic()))
-    raise AssertionError("the whole clip was sent without an error")
+    # The server forwards audio behind the client: on a loaded machine the drop near the clip's
+    # end can be reported after its last chunk was sent (CI saw it), which is still a failure
+    # reported to a client that streamed the whole clip.
+    recorder.wait_for("error", timeout=30)
 
 
 def deleted_reference_words(reference: str, hypothesis: str) -> list[str]:
