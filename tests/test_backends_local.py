@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +173,58 @@ def test_a_failing_model_load_on_the_helper_thread_is_raised_to_the_caller():
     with pytest.raises(RuntimeError, match="no such model"):
         _with_nice(2, fail)
     assert _with_nice(0, lambda: 7) == 7
+
+
+GREEN_NICE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    if sys.argv[1] == "gevent":
+        from gevent import monkey
+        monkey.patch_all()
+    else:
+        import eventlet
+        eventlet.monkey_patch()
+    import json, os, threading
+    from backends.local import LocalBackend, LocalBackendOptions
+
+    def nices():
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = open(f"/proc/self/task/{tid}/stat").read()
+            except OSError:
+                continue
+            out[int(tid)] = int(stat[stat.rindex(")") + 2 :].split()[16])
+        return out
+
+    before = nices()
+    backend = LocalBackend(LocalBackendOptions(model="tiny.en", num_workers=2, cpu_threads=1, warmup=False, nice=3))
+    backend.load()
+    after = nices()  # while the backend lives: its model's threads end with it
+    print(json.dumps({
+        "main": after[os.getpid()],
+        "started": [n for tid, n in after.items() if tid not in before],
+        "base": os.getpriority(os.PRIO_PROCESS, 0),
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+@pytest.mark.parametrize("mode", ["gevent", "eventlet"])
+def test_under_monkey_patching_only_the_model_threads_are_niced_not_the_event_loop(mode: str):
+    # Patched, threading.Thread is a greenlet on the main thread: a helper made with it would
+    # lower the event loop's priority along with the model's.
+    pytest.importorskip(mode)
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", GREEN_NICE_SCRIPT, mode],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    base = min(19, seen["base"])
+    assert seen["main"] == base  # the event loop's thread
+    assert seen["started"] and set(seen["started"]) == {min(19, base + 3)}
