@@ -13,29 +13,35 @@ from collections.abc import Sequence
 from backends.base import Word, word_key
 
 
-def drop_repetitions(words: Sequence[Word], max_n: int = 6, keep: int = 0) -> list[Word]:
+def drop_repetitions(words: Sequence[Word], keep: int = 0) -> list[Word]:
     """Cut decoder loops: an n-gram repeated back to back (3+ times, or twice for n >= 3).
 
     Whisper falls into loops on short or noisy input ("press 1 4 press 1 4 ..."); real speech
-    rarely repeats a 3-word phrase immediately, and almost never a word three times. The first
-    ``keep`` words are already committed (the decoder's prefix): only a loop that reaches past
-    them is cut, and never before them (after a forced prefix Whisper sometimes says the last
-    sentence again: "patience. | Thank you for your patience.").
+    rarely repeats a 3-word phrase immediately, and almost never a word three times. Loops can
+    be long: a decode of a loaded server once wrote two sentences twice (21 words), the first
+    copy aligned to one instant. The first ``keep`` words are already committed (the decoder's
+    prefix): only a loop that reaches past them is cut, and never before them (after a forced
+    prefix Whisper sometimes says the last sentence again: "patience. | Thank you for your
+    patience."). Of the two copies, the one the audio better accounts for stays.
     """
     keys = [word_key(w.text) for w in words]
-    i = 0
-    while i < len(keys):
-        for n in range(1, max_n + 1):
-            if i + 2 * n > len(keys):
-                break
+    for i in range(len(keys)):
+        for n in range(1, (len(keys) - i) // 2 + 1):
             repeats = 1
             while keys[i + repeats * n : i + (repeats + 1) * n] == keys[i : i + n]:
                 repeats += 1
             looping = repeats >= 3 or (repeats >= 2 and n >= 3)
             if looping and any(keys[i : i + n]) and i + repeats * n > keep:
-                return list(words[: max(keep, i + n)])
-        i += 1
+                cut = max(keep, i)
+                first, second = list(words[cut : i + n]), list(words[cut + n : i + 2 * n])
+                return list(words[:cut]) + (second if _spoken(second) > 2 * _spoken(first) else first)
     return list(words)
+
+
+def _spoken(words: Sequence[Word]) -> float:
+    """Seconds of audio the words' alignment gives them: text the decoder wrote without
+    audio behind it collapses onto one instant."""
+    return sum(w.end - w.start for w in words)
 
 
 def continues(previous: Word, word: Word) -> bool:

@@ -141,6 +141,27 @@ def test_drop_repetitions_across_a_committed_prefix():
     assert drop_repetitions(said + new, keep=len(said)) == said + new
 
 
+def test_drop_repetitions_cuts_long_loops_and_keeps_the_copy_the_audio_accounts_for():
+    # A 4-stream run on a loaded machine finalised this (en-dev-00, prefix "... Press four to
+    # record"): the decoder wrote the rest of the phrase, said the whole sentence again, and
+    # aligned the first copy to one instant.
+    prefix = words("name. Press four to record", start=48.0)
+    tail = "your temporary greeting. Press five to change your password. Press star to return to the main menu."
+    collapsed = [Word(text=t, start=51.8, end=51.8, probability=0.5) for t in tail.split()]
+    again = words("Press four to record")
+    again = [Word(text=w.text, start=51.8, end=51.8, probability=0.5) for w in again]
+    timed = words(tail, start=51.8, step=0.33)
+    out = drop_repetitions(prefix + collapsed + again + timed, keep=len(prefix))
+    assert texts(out) == texts(prefix) + tail.split()
+    assert out[len(prefix) :] == timed  # the aligned copy, not the collapsed one
+    # Both copies aligned: the first stays, everything after it goes.
+    first, second = words("one two three four five six seven"), words("one two three four five six seven", 3)
+    assert drop_repetitions(first + second + words("eight", 6)) == first
+    # A long phrase said once, then new words: untouched.
+    said = words("please enter the number to be removed from the list and then press the pound key")
+    assert drop_repetitions(said) == said
+
+
 def test_word_key_ignores_case_and_punctuation():
     assert word_key(" Hello,") == word_key("hello") == "hello"
     assert word_key(" don't") == "don't"

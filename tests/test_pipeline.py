@@ -157,6 +157,7 @@ class ScriptedDecoder(DecoderBackend):
         loop_with_context: bool = False,
         loop_past: float | None = None,
         unsure: frozenset[int] = frozenset(),
+        resay_prefix: int = 0,
     ) -> None:
         self.windows: list[tuple[float, float]] = []  # stream span of the last piece decoded
         self.pieces: list[list[tuple[float, float]]] = []  # stream spans of every piece decoded
@@ -169,6 +170,10 @@ class ScriptedDecoder(DecoderBackend):
         self.loop_with_context = loop_with_context
         self.loop_past = loop_past
         self.unsure = unsure  # slots whose word comes with probability 0.05
+        # Decodes with a prefix write their words at one instant, say the prefix's last
+        # ``resay_prefix`` words again and then the words with their times (seen with tiny.en
+        # on a loaded server: the text twice, the first copy's alignment collapsed).
+        self.resay_prefix = resay_prefix
         self.calls = 0
 
     def info(self) -> BackendInfo:
@@ -210,6 +215,10 @@ class ScriptedDecoder(DecoderBackend):
         if words:
             last = words[-1]
             words[-1] = Word(f" {last.text.strip()}~{self.calls}", last.start, last.end)
+        if self.resay_prefix and options.prefix and words:
+            at = words[0].start
+            again = [*words, *options.prefix[-self.resay_prefix :]]
+            words = [Word(w.text, at, at) for w in again] + words
         segment = Segment(text="".join(w.text for w in words), start=0.0, end=duration, words=tuple(words))
         return DecodeResult(segments=(segment,), language="en", language_probability=1.0, duration=duration)
 
@@ -447,6 +456,19 @@ def test_words_timed_before_the_last_commit_are_dropped():
     assert set(numbers) >= set(expected) - {max(expected)}
     # ... and the finals' times never go back.
     committed = [w for e in events if isinstance(e, Final) for w in e.words]
+    assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(committed))
+
+
+def test_text_said_twice_after_the_prefix_is_final_once_with_the_timed_copy():
+    spans = [(0.5, 4.0), (4.6, 12.0)]
+    decoder = ScriptedDecoder(resay_prefix=4)
+    events = run(StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad(spans)), ramp(13.0))
+    baseline = StreamingPipeline(ScriptedDecoder(), StreamOptions(language="en"), vad=LaggingVad(spans))
+    expected = committed_words(run(baseline, ramp(13.0)))
+    assert sum(len(o.prefix) >= 4 for o in decoder.options) >= 5, "too few decodes said their prefix again"
+    assert committed_words(events) == expected
+    committed = [w for e in events if isinstance(e, Final) for w in e.words]
+    assert all(w.end > w.start for w in committed)  # no word of a collapsed copy
     assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(committed))
 
 
