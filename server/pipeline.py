@@ -31,6 +31,7 @@ from backends.base import (
     Stream,
     StreamOptions,
     Word,
+    word_key,
 )
 from backends.local import encoder_frames_for
 from server.agreement import LocalAgreement, drop_repetitions
@@ -388,6 +389,15 @@ class StreamingPipeline(Stream):
                 # at one instant 2.6 s back, and committing them broke the finals' order.
                 end = offset + min(w.end, duration)
                 if committed is not None and end < committed:
+                    continue
+                # The last committed word (of the window, else of the context) said again:
+                # same text, mostly over committed audio (a loaded run committed "Press"
+                # aligned to the audio's edge, and the next decode began "Press star ..." over
+                # the same sound). A word said twice in speech ("that that") lies mostly after
+                # the first.
+                middle = offset + (w.start + min(w.end, duration)) / 2
+                last_end = window if committed is None else committed
+                if not words and prefix and middle <= last_end + 0.02 and word_key(w.text) == word_key(prefix[-1].text):
                     continue
                 # The alignment may put the first new word a little into the committed ones.
                 start = max(not_before, offset + w.start)

@@ -158,6 +158,7 @@ class ScriptedDecoder(DecoderBackend):
         loop_past: float | None = None,
         unsure: frozenset[int] = frozenset(),
         resay_prefix: int = 0,
+        resay_last: bool = False,
     ) -> None:
         self.windows: list[tuple[float, float]] = []  # stream span of the last piece decoded
         self.pieces: list[list[tuple[float, float]]] = []  # stream spans of every piece decoded
@@ -174,6 +175,8 @@ class ScriptedDecoder(DecoderBackend):
         # ``resay_prefix`` words again and then the words with their times (seen with tiny.en
         # on a loaded server: the text twice, the first copy's alignment collapsed).
         self.resay_prefix = resay_prefix
+        # Decodes with a prefix start by saying its last word again, over its own audio.
+        self.resay_last = resay_last
         self.calls = 0
 
     def info(self) -> BackendInfo:
@@ -215,6 +218,9 @@ class ScriptedDecoder(DecoderBackend):
         if words:
             last = words[-1]
             words[-1] = Word(f" {last.text.strip()}~{self.calls}", last.start, last.end)
+        if self.resay_last and options.prefix:
+            last = options.prefix[-1]
+            words.insert(0, Word(last.text, max(0.0, last.start - 0.2), last.end + 0.01))
         if self.resay_prefix and options.prefix and words:
             at = words[0].start
             again = [*words, *options.prefix[-self.resay_prefix :]]
@@ -470,6 +476,36 @@ def test_text_said_twice_after_the_prefix_is_final_once_with_the_timed_copy():
     committed = [w for e in events if isinstance(e, Final) for w in e.words]
     assert all(w.end > w.start for w in committed)  # no word of a collapsed copy
     assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(committed))
+
+
+def test_the_last_committed_word_said_again_over_its_own_audio_is_final_once():
+    spans = [(0.5, 4.0), (4.6, 12.0)]
+    decoder = ScriptedDecoder(resay_last=True)
+    events = run(StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad(spans)), ramp(13.0))
+    baseline = StreamingPipeline(ScriptedDecoder(), StreamOptions(language="en"), vad=LaggingVad(spans))
+    assert sum(bool(o.prefix) for o in decoder.options) >= 5, "too few decodes had a prefix to say again"
+    assert committed_words(events) == committed_words(run(baseline, ramp(13.0)))
+
+
+def test_a_word_said_twice_in_speech_stays_twice():
+    # "w7 w7": the second is spoken after the first, not over it.
+    class Stutter(ScriptedDecoder):
+        def decode(self, audio, options):
+            result = super().decode(audio, options)
+            words = list(result.segments[0].words)
+            out = [*words]
+            for i, w in enumerate(words):
+                if w.text.strip() == "w7":
+                    out[i] = w
+                    out.insert(i + 1, Word(" w7", w.end, w.end + 0.2))
+                    break
+            segment = Segment(text="".join(x.text for x in out), start=0.0, end=result.duration, words=tuple(out))
+            return DecodeResult(segments=(segment,), language="en", language_probability=1.0, duration=result.duration)
+
+    spans = [(0.5, 6.0)]
+    events = run(StreamingPipeline(Stutter(), StreamOptions(language="en"), vad=LaggingVad(spans)), ramp(7.0))
+    said = committed_words(events)
+    assert said.count("w7") == 2 and said.index("w7") + 1 == len(said) - said[::-1].index("w7") - 1
 
 
 def test_a_decode_that_loops_after_its_context_is_done_again_without_it():
