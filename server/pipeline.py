@@ -392,8 +392,8 @@ class StreamingPipeline(Stream):
                     continue
                 # The last committed word (of the window, else of the context) said again:
                 # same text, mostly over committed audio (a loaded run committed "Press"
-                # aligned to the audio's edge, and the next decode began "Press star ..." over
-                # the same sound). A word said twice in speech ("that that") lies mostly after
+                # aligned to one instant at its end, and the next decode began "Press star ..."
+                # over the same sound). A word said twice in speech ("that that") lies mostly after
                 # the first.
                 middle = offset + (w.start + min(w.end, duration)) / 2
                 last_end = window if committed is None else committed
