@@ -19,6 +19,7 @@ ships each chunk once it is recorded). Event arrival times are stored relative t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import wave
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -502,6 +503,20 @@ def run_configuration(
 # --- the server ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def busy_neighbours(count: int) -> Iterator[list[subprocess.Popen]]:
+    """``count`` processes that each keep a core busy while the block runs: a loaded machine
+    (a build, another service) next to the server, which is when timing-dependent faults show."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """utime + stime of ``pid`` and its waited-for children, from /proc (None if unreadable)."""
     try:
@@ -777,6 +792,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-offline", action="store_true", help="skip the offline faster-whisper WER")
     parser.add_argument("--no-cache", action="store_true", help="recompute the offline transcripts")
     parser.add_argument("--stop-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N CPU-bound processes beside the server while streaming (a loaded machine)",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="write raw numbers and events here")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -805,9 +827,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for clients in args.streams:
             logger.info("streaming %d client(s) to %s", clients, url)
             ticks = machine_ticks()
-            records, cpu, failed = run_configuration(
-                url, streams, clients, every_file=args.every_file, server_pid=pid, **session_kwargs
-            )
+            with busy_neighbours(args.busy):
+                records, cpu, failed = run_configuration(
+                    url, streams, clients, every_file=args.every_file, server_pid=pid, **session_kwargs
+                )
             steal = steal_share(ticks, machine_ticks())
             failures.extend(f"{clients} streams: {f}" for f in failed)
             by_id = {s.stream_id: s for s in streams}
@@ -819,6 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["cpu_s"] = cpu
             row["cpu_per_audio_s"] = cpu / row["audio_s"] if cpu is not None and row["audio_s"] else None
             row["steal"] = steal
+            row["busy"] = args.busy
             rows.append(row)
             raw.append(
                 {
@@ -863,6 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(f"{row['sessions_not_stopped']} sessions without 'stopped'")
         if row["max_send_lag"] > 0.05:
             notes.append(f"client pacing lagged up to {row['max_send_lag']:.2f} s")
+        if row["busy"]:
+            notes.append(f"{row['busy']} busy process(es) ran beside the server")
         if row["steal"] is not None and row["steal"] >= 0.01:
             notes.append(f"the hypervisor took {row['steal']:.0%} of the CPU time (steal)")
         if notes:

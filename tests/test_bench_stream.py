@@ -382,3 +382,17 @@ def test_refused_start_fails_fast(tmp_path: Path) -> None:
         records, _, failures = sb.run_configuration(server.url, [stream], 1, language="fr", ready_timeout=30)
     assert records == [] and len(failures) == 1 and "unsupported_language" in failures[0]
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_busy_neighbours_keep_cores_busy_while_the_block_runs_and_are_gone_after() -> None:
+    with sb.busy_neighbours(2) as procs:
+        assert len(procs) == 2
+        time.sleep(0.5)
+        # Each one burns CPU (user time well past zero: it is not sleeping).
+        used = [float(Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[11]) for p in procs]
+        assert all(ticks > 0 for ticks in used)
+    assert all(p.poll() is not None for p in procs)
+    assert not any(Path(f"/proc/{p.pid}").exists() for p in procs)
+    with sb.busy_neighbours(0) as none:
+        assert none == []
