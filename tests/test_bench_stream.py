@@ -320,13 +320,14 @@ def test_paced_session_against_fake_server(tmp_path: Path) -> None:
     assert failures == [] and cpu is None and len(records) == 1
     record = records[0]
     # Pacing: 30 chunks of 100 ms, chunk k on an absolute schedule. A loaded machine delays
-    # single arrivals (0.12 s seen on a 2-core CI VM); what must not happen is drift (each
-    # chunk timed from the one before) or a burst (no pacing).
+    # arrivals (0.12 s seen on a 2-core CI VM, seven chunks late on a slower CI hour); what
+    # must not happen is drift (each chunk timed from the one before) or a burst (no pacing).
     assert len(arrivals) == 30
+    assert arrivals[-1] - arrivals[0] == pytest.approx(2.9, abs=0.25), arrivals  # paced, not a burst
     offsets = arrivals - arrivals[0] - np.arange(30) * 0.1
     offsets -= np.median(offsets)
-    assert (np.abs(offsets) > 0.05).sum() <= 3, offsets
-    assert abs(np.median(offsets[-10:]) - np.median(offsets[:10])) < 0.02, offsets
+    assert (np.abs(offsets) > 0.05).sum() <= 10, offsets
+    assert abs(np.median(offsets[-10:]) - np.median(offsets[:10])) < 0.03, offsets
     assert record.stop_sent == pytest.approx(3.0, abs=0.08)
     assert record.stopped is not None
     # Phrase 0 final is sent once 1.5 + 0.2 s of audio arrived; phrase 1 (ends 2.6) at stop (3.0).

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -14,28 +12,41 @@ from server.pipeline import StreamingPipeline
 from tests.test_pipeline import LaggingVad, ScriptedDecoder, ramp
 
 
-class SlowDecoder(ScriptedDecoder):
-    """Takes ``seconds`` of wall time per decode, like a model."""
+class Clock:
+    """A clock that moves only when told: the simulation then counts just the declared costs,
+    whatever this machine's speed."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowDecoder(ScriptedDecoder):
+    """Takes ``seconds`` per decode on ``clock``, like a model."""
+
+    def __init__(self, seconds: float, clock: Clock) -> None:
         super().__init__()
         self.seconds = seconds
+        self.clock = clock
 
     def decode(self, audio, options):
-        time.sleep(self.seconds)
+        self.clock.now += self.seconds
         return super().decode(audio, options)
 
 
 class Recording:
     """A stream that records the batches it is fed and takes ``cost`` seconds per feed."""
 
-    def __init__(self, cost: float) -> None:
+    def __init__(self, cost: float, clock: Clock) -> None:
         self.cost = cost
+        self.clock = clock
         self.batches: list[int] = []
 
     def feed(self, audio: np.ndarray) -> list:
         self.batches.append(len(audio))
-        time.sleep(self.cost)
+        self.clock.now += self.cost
         return [len(self.batches)]
 
     def flush(self) -> list:
@@ -43,26 +54,29 @@ class Recording:
 
 
 def test_a_slow_feed_makes_the_next_one_a_batch_of_what_piled_up():
-    stream = Recording(cost=0.25)
-    events = simulate(stream, np.zeros(16000, np.float32), 0.1)  # ten 100 ms chunks
+    clock = Clock()
+    stream = Recording(cost=0.25, clock=clock)
+    events = simulate(stream, np.zeros(16000, np.float32), 0.1, clock=clock)  # ten 100 ms chunks
     # Chunk 1 exists at 0.1 s and takes 0.25 s: chunks 2-3 exist by then, and so on.
     assert sum(stream.batches) == 16000
     assert stream.batches[0] == 1600 and max(stream.batches) >= 3 * 1600
     arrivals = [t for t, _ in events]
     assert arrivals == sorted(arrivals)
-    assert arrivals[0] == pytest.approx(0.35, abs=0.05)
+    assert arrivals[0] == pytest.approx(0.35)
 
 
 @pytest.mark.parametrize("cost", [0.0, 0.2])
 def test_final_latency_is_the_vad_wait_plus_the_decode_time(cost):
-    pipeline = StreamingPipeline(SlowDecoder(cost), StreamOptions(language="en"), vad=LaggingVad([(1.0, 4.0)]))
-    events = simulate(pipeline, ramp(6.0), 0.1)
+    clock = Clock()
+    decoder = SlowDecoder(cost, clock)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad([(1.0, 4.0)]))
+    events = simulate(pipeline, ramp(6.0), 0.1, clock=clock)
     finals, firsts = latencies(events, [{"start": 1.0, "end": 4.0, "text": "x"}], shift=0.0)
     # The pause is decoded 0.1 s in (taking ``cost``); the VAD confirms the end at 4.3 s,
     # and the final goes out then, or once that decode is done.
-    assert finals[0] == pytest.approx(max(0.3, 0.1 + cost) + 0.1, abs=0.06)
+    assert finals[0] == pytest.approx(max(0.3, 0.1 + cost) + 0.1, abs=0.01)
     # The first decode runs after 0.3 s of speech and shows the first words.
-    assert firsts[0] == pytest.approx(0.3 + cost, abs=0.06)
+    assert firsts[0] == pytest.approx(0.3 + cost, abs=0.01)
 
 
 def test_the_error_listing_names_each_word_the_wer_counts():
