@@ -393,11 +393,11 @@ class StreamingPipeline(Stream):
                 # The last committed word (of the window, else of the context) said again:
                 # same text, mostly over committed audio (a loaded run committed "Press"
                 # aligned to one instant at its end, and the next decode began "Press star ..."
-                # over the same sound). A word said twice in speech ("that that") lies mostly after
-                # the first.
+                # over the same sound). A word said twice in speech ("that that") lies mostly
+                # after the first.
                 middle = offset + (w.start + min(w.end, duration)) / 2
-                last_end = window if committed is None else committed
-                if not words and prefix and middle <= last_end + 0.02 and word_key(w.text) == word_key(prefix[-1].text):
+                said_again = not words and prefix and word_key(w.text) == word_key(prefix[-1].text)
+                if said_again and middle <= not_before + 0.02:
                     continue
                 # The alignment may put the first new word a little into the committed ones.
                 start = max(not_before, offset + w.start)
