@@ -184,18 +184,9 @@ GREEN_NICE_SCRIPT = textwrap.dedent(
     else:
         import eventlet
         eventlet.monkey_patch()
-    import json, os, threading
+    import json, os
     from backends.local import LocalBackend, LocalBackendOptions
-
-    def nices():
-        out = {}
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                stat = open(f"/proc/self/task/{tid}/stat").read()
-            except OSError:
-                continue
-            out[int(tid)] = int(stat[stat.rindex(")") + 2 :].split()[16])
-        return out
+    from tests.test_backends_local import _nice_of_threads as nices
 
     before = nices()
     backend = LocalBackend(LocalBackendOptions(model="tiny.en", num_workers=2, cpu_threads=1, warmup=False, nice=3))
