@@ -197,6 +197,18 @@ class Stream(abc.ABC):
         """Seconds of stream audio fully covered by finals (where a failover resumes)."""
         return 0.0
 
+    @property
+    def needs_poll(self) -> bool:
+        """Whether :meth:`poll` has events or a failure waiting, produced without a ``feed``
+        (a streaming service answers on its own time). Cheap and lock-free: the session
+        worker asks it while it waits for audio, on the event loop."""
+        return False
+
+    def poll(self) -> list[Event]:
+        """The events that arrived since the last call, without feeding audio; raises the
+        stream's failure as ``feed`` would. Called like ``feed``, when :attr:`needs_poll`."""
+        return []
+
 
 class Backend(abc.ABC):
     """A speech recognition engine shared by all sessions of a server."""

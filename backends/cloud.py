@@ -315,6 +315,20 @@ class CloudStream(Stream):
             self._post(pcm)
         return self._take_events()
 
+    @property
+    def needs_poll(self) -> bool:
+        # Without the lock (the event loop asks): reading a list's length or an attribute is
+        # atomic, and a stale answer only delays the poll by one interval.
+        if self._flushed or self._closed:
+            return False  # flush() waits for the rest itself
+        return bool(self._pending) or self._failure is not None
+
+    def poll(self) -> list[Event]:
+        if self._flushed or self._closed:
+            return []
+        self._raise_if_failed()
+        return self._take_events()
+
     def flush(self) -> list[Event]:
         if self._flushed:
             return []

@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 # Audio a cloud stream has not finalised is kept for failover, up to this much.
 MAX_RETAINED_SECONDS = 300.0
+# How often a worker waiting for audio looks for what its stream produced by itself (a cloud
+# final, a dropped connection): a client that pauses sending must still hear of both.
+POLL_INTERVAL = 0.1
 
 Emit = Callable[[str, dict, str], None]  # (event, payload, to: room or sid)
 
@@ -273,7 +276,9 @@ class SessionManager:
         SESSION.set(session.id)  # this worker's log lines (greenlet/thread-local context)
         try:
             while True:
-                items = [session.queue.get()]
+                items = [self._next_item(session)]
+                if session.failed:  # while waiting; the error counted the queued audio
+                    break
                 while True:
                     try:
                         items.append(session.queue.get_nowait())
@@ -298,6 +303,29 @@ class SessionManager:
             )
         finally:
             self._close(session)
+
+    def _next_item(self, session: Session) -> Any:
+        """Wait for the next chunk (or ``_STOP``); meanwhile dispatch what the stream produced
+        without audio. Returns ``_STOP`` if a failure ended the session while waiting."""
+        while True:
+            try:
+                return session.queue.get(timeout=POLL_INTERVAL)
+            except self.runtime.queue_empty:
+                pass
+            if session.stream.needs_poll:
+                self._poll(session)
+                if session.failed:
+                    return _STOP
+
+    def _poll(self, session: Session) -> None:
+        try:
+            events = self._blocking(session, session.stream.poll)
+        except TranscriptionError as exc:
+            # Everything processed so far was fed; the failure costs (or the failover re-feeds)
+            # the audio from the stream's last final on, as in _feed.
+            events = self._recover(session, exc, session.processed, session.processed)
+        self._dispatch(session, events)
+        self._release_retained(session)
 
     def _feed(self, session: Session, audio: np.ndarray) -> None:
         start = session.processed

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import wave
 from pathlib import Path
 
@@ -240,6 +241,45 @@ def test_connection_lost_at_the_end_fails_flush_without_waiting_for_the_timeout(
     assert isinstance(failure, CloudError) and failure.code == "cloud_connection_lost"  # not cloud_timeout
     finals = finals_of(events)
     assert stream.committed_until == (finals[-1].end if finals else 0.0)
+
+
+def wait_for_poll(stream: CloudStream, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not stream.needs_poll:
+        assert time.monotonic() < deadline, "needs_poll stayed False"
+        time.sleep(0.01)
+
+
+def test_poll_delivers_what_arrives_after_the_last_feed_and_raises_a_later_failure(
+    speech: tuple[np.ndarray, list[Utterance]],
+) -> None:
+    # "De-activated." (1.16-2.26 s) is final once the fake has 2.26 + max_delay (1 s): the
+    # 33rd chunk's answer, which comes back after feed() returned. The fake drops at 4 s.
+    audio, utterances = speech
+    with FakeSpeechmatics(utterances, fail_after=4.0) as fake:
+        stream = backend_for(fake).open_stream(StreamOptions(language="en"))
+        try:
+            events: list = []
+            for i in range(0, 33 * CHUNK, CHUNK):
+                events += stream.feed(audio[i : i + CHUNK])
+            while not finals_of(events):
+                wait_for_poll(stream)
+                events += stream.poll()
+            assert [f.text for f in finals_of(events)] == ["De-activated."]
+            assert stream.committed_until == pytest.approx(2.26, abs=0.01)
+            assert not stream.needs_poll and stream.poll() == []
+            for i in range(33 * CHUNK, 40 * CHUNK, CHUNK):
+                stream.feed(audio[i : i + CHUNK])
+            wait_for_poll(stream)  # the drop, with no feed after it
+            with pytest.raises(CloudError) as failure:
+                while True:  # a partial may come first
+                    stream.poll()
+                    time.sleep(0.01)
+            assert failure.value.code == "cloud_connection_lost"
+        finally:
+            stream.close()
+    assert not stream.needs_poll  # closed: nothing more to look for
+    assert fake.sessions[0].dropped
 
 
 def test_bad_configuration_is_refused() -> None:

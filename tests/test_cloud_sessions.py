@@ -10,6 +10,7 @@ cloud-only sessions stream much faster than real time.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import time
 from collections import Counter
@@ -371,6 +372,66 @@ def test_dropped_connection_without_failover_reports_the_lost_span(serve, clip: 
     assert start(client, language="en")["backend"] == "local"
     client.client.emit("stop")
     client.wait_for("stopped", count=2)
+
+
+# --- a client that pauses: the cloud answers on its own time ---------------------------------------
+
+
+def test_a_final_that_comes_back_after_the_last_chunk_reaches_a_client_that_sends_nothing(serve, clip: Fixture):
+    # The fake finalises a prompt once it has received the prompt's end plus max_delay. Sent
+    # up to that point and no further, the third prompt's final comes back after the server
+    # fed the last chunk: only a worker that looks without new audio delivers it.
+    app, _ = serve()
+    client = connect(app)
+    start(client, backend="cloud", language="en")
+    prompts = clip.reference["utterances"][:3]
+    chunks = math.ceil((prompts[-1]["end"] + CloudBackendOptions().max_delay) * 10)
+    client.stream(clip.pcm[: chunks * CHUNK_BYTES], speed=10.0)
+    finals = client.wait_for("final", count=3, timeout=5)
+    assert finals_text(finals) == " ".join(p["text"] for p in prompts)
+    client.client.emit("stop")
+    client.wait_for("stopped", timeout=30)
+    assert client.named("error") == []
+
+
+def test_a_drop_while_the_client_sends_nothing_is_reported_without_more_audio(serve, clip: Fixture):
+    app, fake = serve(config={"cloud": CloudOptions(failover=False)}, fail_after=DROP_AT)
+    client = connect(app)
+    ready = start(client, backend="cloud", language="en")
+    # The fake drops the connection on receiving the last chunk, after the server fed it.
+    client.stream(clip.pcm[: int(DROP_AT * 16000) * 2], speed=4.0)
+    sent = time.monotonic()
+    error = client.wait_for("error", timeout=10)[0]
+    assert time.monotonic() - sent < 5
+    stopped = client.wait_for("stopped", timeout=10)[0]
+    assert error["code"] == "cloud_connection_lost" and error["fatal"] is True
+    assert error["session_id"] == ready["session_id"]
+    span = re.search(r"audio from ([\d.]+) s to ([\d.]+) s was not transcribed", error["message"])
+    assert span, error["message"]
+    finals = client.named("final")
+    assert float(span.group(1)) == pytest.approx(finals[-1]["end"], abs=0.01)
+    assert float(span.group(2)) == pytest.approx(DROP_AT, abs=0.01) == stopped["duration"]
+    assert len(client.named("error")) == 1
+    fake.wait_for_sessions(1)
+    assert fake.sessions[0].dropped
+
+
+def test_failover_starts_while_the_client_sends_nothing(serve, clip: Fixture):
+    app, fake = serve(fail_after=DROP_AT)
+    client = connect(app)
+    ready = start(client, backend="cloud", language="en")
+    head = int(DROP_AT * 16000) * 2
+    client.stream(clip.pcm[:head], speed=4.0)
+    client.wait_for("backend_changed", timeout=10)
+    client.stream(clip.pcm[head:], speed=4.0)
+    client.client.emit("stop")
+    stopped = client.wait_for("stopped", timeout=90)[0]
+    assert client.named("error") == []
+    events = [(e.name, e.data) for e in client.events if e.name in ("final", "backend_changed", "partial")]
+    check_failover(events, clip, ready["session_id"])
+    assert stopped["duration"] == pytest.approx(CLIP_END, abs=0.01)
+    fake.wait_for_sessions(1)
+    assert fake.sessions[0].dropped and len(fake.sessions) == 1
 
 
 def test_no_failover_to_a_local_model_without_the_session_language(serve, fr00: Fixture):
