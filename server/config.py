@@ -180,8 +180,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option(
         "--inference-nice",
         "LIVESCRIBE_INFERENCE_NICE",
-        10,
-        "nice value added to the model's threads (Linux), so socket I/O and other programs go first",
+        0,
+        "nice value added to the model's threads (Linux): other programs go first when the cores are"
+        " busy, at the cost of transcription latency (0: none)",
         type=int,
     )
     option("--download-root", "LIVESCRIBE_DOWNLOAD_ROOT", None, "cache folder for downloaded models")

@@ -18,7 +18,7 @@ def test_defaults_are_the_offline_gevent_server():
     assert (config.host, config.port, config.async_mode) == ("127.0.0.1", 8000, "gevent")
     assert config.local.model == "tiny.en" and config.local.device == "auto" and config.local.compute_type == "auto"
     assert config.language == "auto" and config.cloud.api_key is None and config.cloud.failover is True
-    assert config.local.nice == 10  # the model's threads yield to socket I/O
+    assert config.local.nice == 0  # a busy neighbour must not slow transcription (docs/PIPELINE.md)
 
 
 def test_environment_then_flags():
