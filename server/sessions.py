@@ -3,7 +3,9 @@
 The Socket.IO handlers only validate, decode and enqueue audio (fast). Each session's worker
 (a background task of the async mode) drains its queue and runs the blocking ``Stream.feed``
 on a native thread via :class:`~server.runtime.Runtime`, then emits the resulting events to the
-session's room. Nothing accepted is dropped: a failure is either recovered (cloud -> local
+session's room. While it waits for audio it also takes what a stream produced on its own (a
+cloud final, a dropped connection: ``Stream.poll``), so a client that pauses sending still hears
+of it. Nothing accepted is dropped: a failure is either recovered (cloud -> local
 failover, re-feeding the audio the cloud had not finalised) or reported as an ``error`` that
 names the span of audio it affected.
 """
