@@ -320,12 +320,9 @@ class SessionManager:
                     return _STOP
 
     def _poll(self, session: Session) -> None:
-        try:
-            events = self._blocking(session, session.stream.poll)
-        except TranscriptionError as exc:
-            # Everything processed so far was fed; the failure costs (or the failover re-feeds)
-            # the audio from the stream's last final on, as in _feed.
-            events = self._recover(session, exc, session.processed, session.processed)
+        # No audio comes with a poll: a failure costs (or a failover re-feeds) only the audio
+        # from the stream's last final to what was processed.
+        events = self._call_stream(session, session.stream.poll, start=session.processed, end=session.processed)
         self._dispatch(session, events)
         self._release_retained(session)
 
@@ -333,13 +330,20 @@ class SessionManager:
         start = session.processed
         if not isinstance(self.backends.get(session.backend), DecoderBackend):
             session.retained.append(audio)
-        try:
-            events = self._blocking(session, session.stream.feed, audio)
-        except TranscriptionError as exc:
-            events = self._recover(session, exc, start, start + len(audio))
+        events = self._call_stream(session, session.stream.feed, audio, start=start, end=start + len(audio))
         session.processed += len(audio)
         self._dispatch(session, events)
         self._release_retained(session)
+
+    def _call_stream(
+        self, session: Session, call: Callable[..., list[Event]], *args: Any, start: int, end: int
+    ) -> list[Event]:
+        """``call(*args)`` on a native thread; a failure fails over or is reported for the
+        samples ``start``-``end`` (:meth:`_recover`)."""
+        try:
+            return self._blocking(session, call, *args)
+        except TranscriptionError as exc:
+            return self._recover(session, exc, start, end)
 
     def _flush(self, session: Session) -> None:
         try:
