@@ -209,6 +209,13 @@ class Stream(abc.ABC):
         stream's failure as ``feed`` would. Called like ``feed``, when :attr:`needs_poll`."""
         return []
 
+    def pause(self) -> list[Event]:
+        """The client stopped sending audio for a while (without ``stop``): finalise the
+        utterance in progress as if its speech had ended, and return the events. Audio that
+        comes later starts a new utterance. Called like ``feed``; the default does nothing
+        (a stream that finalises on its own time)."""
+        return []
+
 
 class Backend(abc.ABC):
     """A speech recognition engine shared by all sessions of a server."""

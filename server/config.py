@@ -43,6 +43,9 @@ class Config:
     max_upload_bytes: int = 100 << 20  # one POST /api/transcribe request
     max_file_jobs: int = 4  # uploaded files waiting for their turn (one is transcribed at a time)
     language: str = "auto"  # default for sessions that do not name one
+    # A client that sends nothing this long has its utterance in progress finalised (0: the
+    # words wait for more audio or ``stop``).
+    idle_final: float = 1.0
     log_level: str = "INFO"
     local: LocalBackendOptions = field(default_factory=LocalBackendOptions)
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
@@ -75,6 +78,7 @@ class Config:
             max_upload_bytes=args.max_upload_bytes,
             max_file_jobs=args.max_file_jobs,
             language=args.language,
+            idle_final=args.idle_final,
             log_level=args.log_level.upper(),
             local=LocalBackendOptions(
                 model=args.model,
@@ -103,6 +107,13 @@ def _bool(value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {value!r}")
+    return seconds
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -198,6 +209,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--max-window", "LIVESCRIBE_MAX_WINDOW", 15.0, "longest decoded window (seconds)", type=float)
     option("--vad-threshold", "LIVESCRIBE_VAD_THRESHOLD", 0.5, "Silero speech probability threshold", type=float)
     option("--min-silence", "LIVESCRIBE_MIN_SILENCE", 0.3, "silence (seconds) that ends an utterance", type=float)
+    option(
+        "--idle-final",
+        "LIVESCRIBE_IDLE_FINAL",
+        1.0,
+        "seconds without audio from a client (paused, no stop) after which the words it said last are"
+        " finalised; later audio starts a new utterance (0: they wait for more audio or stop)",
+        type=_seconds,
+    )
     option(
         "--final-full-context",
         "LIVESCRIBE_FINAL_FULL_CONTEXT",

@@ -188,6 +188,20 @@ class StreamingPipeline(Stream):
             return []
         return self._finish(self._total)
 
+    def pause(self) -> list[Event]:
+        # Without audio the VAD cannot see the utterance end: end it here, where its speech
+        # stopped if a pause had begun (the usual final decode, or the probe's hypothesis),
+        # else at the last sample, which then counts as the end of speech.
+        events: list[Event] = []
+        if self._window_start is not None:
+            speech_end = self._vad.pause_start
+            if speech_end is None:
+                events = self._finish(self._total)
+            else:
+                events = self._finish(min(self._total, speech_end + self._pad), speech_end=speech_end)
+        self._vad.end_speech()
+        return events
+
     @property
     def buffered_seconds(self) -> float:
         """Audio held in memory (bounded by the window cap plus a step)."""

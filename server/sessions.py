@@ -5,7 +5,8 @@ The Socket.IO handlers only validate, decode and enqueue audio (fast). Each sess
 on a native thread via :class:`~server.runtime.Runtime`, then emits the resulting events to the
 session's room. While it waits for audio it also takes what a stream produced on its own (a
 cloud final, a dropped connection: ``Stream.poll``), so a client that pauses sending still hears
-of it. Nothing accepted is dropped: a failure is either recovered (cloud -> local
+of it; and once the client has sent nothing for ``--idle-final`` it asks the stream to finalise
+what it heard last (``Stream.pause``). Nothing accepted is dropped: a failure is either recovered (cloud -> local
 failover, re-feeding the audio the cloud had not finalised) or reported as an ``error`` that
 names the span of audio it affected.
 """
@@ -90,6 +91,8 @@ class Session:
     retained_from: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     failed: bool = False  # a backend failure that could not be recovered ended the session
+    last_audio: float = field(default_factory=time.monotonic)  # when audio was last accepted
+    paused_at: int = 0  # ``processed`` when the stream was last told the client paused
 
     @property
     def duration(self) -> float:
@@ -217,6 +220,7 @@ class SessionManager:
                 if session.state != "running":  # a failure ended the session meanwhile
                     raise _not_started()
                 session.accepted += len(samples)
+                session.last_audio = time.monotonic()
                 session.queue.put(samples)
             self._notify("audio", session, len(samples))  # metrics: when each sample arrived
 
@@ -316,8 +320,29 @@ class SessionManager:
                 pass
             if session.stream.needs_poll:
                 self._poll(session)
-                if session.failed:
-                    return _STOP
+            if self._idle(session):
+                self._pause(session)
+            if session.failed:
+                return _STOP
+
+    def _idle(self, session: Session) -> bool:
+        """Whether the client paused long enough, with audio the stream has not been told
+        about (the queue is empty: everything accepted was processed)."""
+        wait = self.config.idle_final
+        return (
+            wait > 0
+            and session.state == "running"
+            and session.paused_at != session.processed
+            and time.monotonic() - session.last_audio >= wait
+        )
+
+    def _pause(self, session: Session) -> None:
+        # The client sends nothing (muted, a half-duplex app waiting for its turn): its last
+        # words would stay a partial until it speaks again; the stream finalises them now.
+        session.paused_at = session.processed
+        logger.debug("session %s: no audio for %.1f s, finalising what it heard", session.id, self.config.idle_final)
+        events = self._call_stream(session, session.stream.pause, start=session.processed, end=session.processed)
+        self._dispatch(session, events)
 
     def _poll(self, session: Session) -> None:
         # No audio comes with a poll: a failure costs (or a failover re-feeds) only the audio

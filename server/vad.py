@@ -106,6 +106,15 @@ class VoiceActivityDetector:
                     self._silence_since = None
         return events
 
+    def end_speech(self) -> None:
+        """Leave the speech in progress: the next frame at the threshold starts a new one.
+
+        For a gap in the audio (the client stopped sending): what comes after it does not
+        continue the frames before it, so it must not need a silence first to end them.
+        """
+        self.in_speech = False
+        self._silence_since = None
+
     @property
     def pause_start(self) -> int | None:
         """Stream sample where the current pause began, while it is too short to end the

@@ -19,6 +19,7 @@ def test_defaults_are_the_offline_gevent_server():
     assert config.local.model == "tiny.en" and config.local.device == "auto" and config.local.compute_type == "auto"
     assert config.language == "auto" and config.cloud.api_key is None and config.cloud.failover is True
     assert config.local.nice == 0  # a busy neighbour must not slow transcription (docs/PIPELINE.md)
+    assert config.idle_final == 1.0
 
 
 def test_environment_then_flags():
@@ -31,13 +32,14 @@ def test_environment_then_flags():
         "SPEECHMATICS_RT_URL": "wss://eu2.rt.speechmatics.com/v2",
         "LIVESCRIBE_STEP": "0.75",
         "LIVESCRIBE_INFERENCE_NICE": "0",
+        "LIVESCRIBE_IDLE_FINAL": "2.5",
     }
     config = Config.from_args([], env)
     assert config.port == 9001 and config.local.model == "base"
     assert config.cors_origins == ("https://a.example", "https://b.example")
     assert config.cloud.failover is False and config.cloud.api_key == "secret"
     assert config.cloud.url == "wss://eu2.rt.speechmatics.com/v2"
-    assert config.pipeline.step == 0.75 and config.local.nice == 0
+    assert config.pipeline.step == 0.75 and config.local.nice == 0 and config.idle_final == 2.5
     flagged = Config.from_args(["--port", "9002", "--model", "small", "--failover", "true"], env)
     assert flagged.port == 9002 and flagged.local.model == "small" and flagged.cloud.failover is True
 
@@ -48,6 +50,8 @@ def test_bad_values_are_refused(capsys):
     with pytest.raises(SystemExit):
         Config.from_args([], {"LIVESCRIBE_PORT": "eighty"})
     assert "eighty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        Config.from_args(["--idle-final", "-1"], {})
 
 
 def test_help_documents_every_option_with_its_variable():

@@ -86,6 +86,37 @@ def test_no_decode_and_no_event_on_silence(local_backend, silence: Fixture):
     assert pipeline.buffered_seconds <= 0.21  # only the pre-speech padding is kept
 
 
+def test_a_pause_in_the_audio_finalises_the_words_so_far_and_loses_none(local_backend, en01: Fixture):
+    # The client stops sending at 4.5 s, inside "I am sorry, that's not a valid extension.
+    # Please try again." (2.8-6.7 s), and goes on later: the words before the gap are final at
+    # the gap, those after it in a new utterance, and the stream reads as if there were none.
+    clip = en01.clip(10.0)
+    cut = int(4.5 * 16000)
+    pipeline = StreamingPipeline(local_backend, StreamOptions(language="en"))
+    before: list = []
+    for i in range(0, cut, 1600):
+        before += pipeline.feed(clip.audio[i : min(cut, i + 1600)])
+    paused = pipeline.pause()
+    heard = [w for e in paused if isinstance(e, Final) for w in e.words]
+    assert heard and heard[0].start >= 2.7 and heard[-1].end <= 4.55, heard
+    assert wer("I am sorry", " ".join(w.text for w in heard[:3])) <= 1 / 3, heard
+    assert isinstance(paused[-1], SpeechActivity) and paused[-1].end == pytest.approx(4.5)
+    assert pipeline.committed_until == pytest.approx(4.5)
+    decodes = pipeline.decodes
+    assert pipeline.pause() == [] and pipeline.decodes == decodes  # nothing open: no work
+
+    after = []
+    for i in range(cut, len(clip.audio), 1600):
+        after += pipeline.feed(clip.audio[i : i + 1600])
+    after += pipeline.flush()
+    events = before + paused + after
+    assert wer(clip.text, finals(events)) < 0.2, finals(events)
+    starts = [e.start for e in events if isinstance(e, Final)]
+    assert starts == sorted(starts)
+    # The speech after the gap opened an utterance of its own (it needed no silence first).
+    assert any(isinstance(e, SpeechActivity) and e.start == pytest.approx(4.5, abs=0.1) for e in after)
+
+
 def test_flush_commits_the_tail_once(local_backend, en00: Fixture):
     clip = en00.clip(9.95)  # ends as an utterance ends: no silence to trigger the VAD
     pipeline = StreamingPipeline(local_backend, StreamOptions(language="en"))
@@ -136,9 +167,21 @@ class ScriptedVad:
         self.marks = sorted([(s, "start") for s, _ in spans] + [(e, "end") for _, e in spans])
         self.seen = 0
 
+        self.spans = spans
+        self.restart: int | None = None  # a start owed after ``end_speech`` inside a span
+
     def process(self, audio: np.ndarray) -> list[VadEvent]:
         lo, self.seen = self.seen, self.seen + len(audio)
-        return [VadEvent(kind, int(t * 16000)) for t, kind in self.marks if lo <= int(t * 16000) < self.seen]
+        events = [VadEvent(kind, int(t * 16000)) for t, kind in self.marks if lo <= int(t * 16000) < self.seen]
+        if self.restart is not None and self.seen > self.restart:
+            events.insert(0, VadEvent("start", self.restart))
+            self.restart = None
+        return events
+
+    def end_speech(self) -> None:
+        # Silero starts again at the first speech frame after the gap.
+        if any(start * 16000 <= self.seen < end * 16000 for start, end in self.spans):
+            self.restart = self.seen
 
 
 class ScriptedDecoder(DecoderBackend):
@@ -411,6 +454,37 @@ def test_an_unsure_word_in_speech_without_pauses_waits_only_so_long():
     # next steps that agree (a step each second), not at the pause 10 s later.
     assert 5.25 <= committed_at[8] <= 6.5
     assert committed_at[9] == committed_at[8]
+
+
+def test_a_gap_in_the_audio_ends_the_utterance_and_the_speech_after_it_starts_another():
+    decoder = ScriptedDecoder()
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=ScriptedVad([(1.0, 6.0)]))
+    audio = ramp(8.0)
+    events = [e for i in range(0, 3 * 16000, 800) for e in pipeline.feed(audio[i : i + 800])]
+    paused = pipeline.pause()
+    # Every word up to the gap at 3.0 s is final (w11: 2.75-3.0 s), the partial is cleared.
+    assert committed_words(events + paused)[-1].split("~")[0] == "w11"
+    assert [e.text for e in paused if isinstance(e, Partial)] == [""]
+    assert [(e.start, e.end) for e in paused if isinstance(e, SpeechActivity)] == [(1.0, 3.0)]
+    events += paused + run(pipeline, audio[3 * 16000 :], chunk_seconds=0.05)
+    # The rest of the speech is a new utterance from the gap on; each word is final once.
+    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 24))
+    # (The second ends at the VAD end plus padding, capped at the audio received: 6.05 s.)
+    activity = [(round(e.start, 2), round(e.end, 2)) for e in events if isinstance(e, SpeechActivity)]
+    assert activity == [(1.0, 3.0), (3.0, 6.05)]
+
+
+def test_a_gap_in_a_pause_ends_the_utterance_where_its_speech_ended():
+    decoder = ScriptedDecoder()
+    options = PipelineOptions(end_probe=0.1)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(1.0, 4.25)]))
+    audio = ramp(4.45)  # the client stops 0.2 s into the pause (the probe decoded it at 4.35)
+    events = [e for i in range(0, len(audio), 800) for e in pipeline.feed(audio[i : i + 800])]
+    decodes = decoder.calls
+    events += pipeline.pause()
+    assert decoder.calls == decodes  # the probe's hypothesis is the final, as at a VAD end
+    assert [int(w.split("~")[0][1:]) for w in committed_words(events)] == list(range(4, 17))
+    assert [(e.start, round(e.end, 2)) for e in events if isinstance(e, SpeechActivity)] == [(1.0, 4.45)]
 
 
 def test_a_pause_is_decoded_at_once_and_that_decode_gives_the_final():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,50 @@ def test_stop_flushes_the_last_utterance(socketio, app, en00: Fixture):
     assert max(w["end"] for w in last_words) > 9.0
     said = " ".join(w["word"] for w in last_words)
     assert wer(clip.reference["utterances"][-1]["text"], said) < 0.3
+
+
+def test_a_client_that_pauses_gets_its_last_words_final_without_stop(socketio, app, en00: Fixture):
+    # The client stops sending as "Please enter your phone number, starting with the area
+    # code." ends (9.95 s): no silence follows for the VAD. The server finalises it once the
+    # client has sent nothing for --idle-final (1 s), and the session goes on.
+    clip = en00.clip(9.95)
+    client = connect(socketio, app)
+    start(client, language="en")
+    client.stream(clip.pcm, speed=4.0)
+    paused_at = time.monotonic()
+    deadline = paused_at + 20
+    while not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]:
+        assert time.monotonic() < deadline, "the last words never became final while the client paused"
+        time.sleep(0.05)
+    final_at = next(e.at for e in client.events if e.name == "final" and e.data["words"][-1]["end"] > 9.0)
+    assert final_at - paused_at >= 1.0  # not before the client had been quiet for --idle-final
+    said = " ".join(w["word"] for f in client.named("final") for w in f["words"] if w["end"] > 6.6)
+    assert wer(clip.reference["utterances"][-1]["text"], said) < 0.3
+    assert [p for p in client.named("partial")][-1]["text"] == ""
+
+    # Audio after the pause is transcribed as usual: nothing lost, nothing said twice.
+    more = en00.clip(17.2)  # ... "Thank you for your patience" (15.4-16.8 s)
+    client.stream(more.pcm[len(clip.pcm) :], speed=4.0)
+    client.client.emit("stop")
+    stopped = client.wait_for("stopped", timeout=60)[0]
+    finals = client.named("final")
+    assert_finals_well_formed(finals)
+    assert wer(more.text, finals_text(finals)) < 0.2
+    assert stopped["duration"] == pytest.approx(17.2, abs=0.05)
+    assert error_codes(client) == []
+
+
+@pytest.mark.parametrize("config", [Config(async_mode="threading", idle_final=0)])
+def test_idle_final_off_leaves_the_last_words_to_stop(socketio, app, en00: Fixture):
+    clip = en00.clip(9.95)
+    client = connect(socketio, app)
+    start(client, language="en")
+    client.stream(clip.pcm, speed=4.0)
+    time.sleep(3.0)
+    assert not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]
+    client.client.emit("stop")
+    client.wait_for("stopped", timeout=60)
+    assert [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]
 
 
 def test_silence_clip_gives_no_final(socketio, app, silence: Fixture):

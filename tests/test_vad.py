@@ -73,3 +73,16 @@ def test_a_pause_shows_before_the_end_is_reported(en00: Fixture):
             assert vad.in_speech and vad.pause_start <= i + 512
     ends = [t for kind, t in events_for(audio, 1600) if kind == "end"]
     assert ends and len(set(pause_seen)) >= len(ends)
+
+
+def test_end_speech_lets_the_next_speech_frame_start_again(en00: Fixture):
+    # A gap in the audio (the client paused) ends the speech without a silence: the speech
+    # after it starts a new utterance at its first frame, and the end comes as usual.
+    audio = en00.audio[: 20 * 16000]
+    vad = VoiceActivityDetector()
+    first_start = next(e for i in range(0, len(audio), 1600) for e in vad.process(audio[i : i + 1600]))
+    assert first_start.kind == "start" and vad.in_speech
+    vad.end_speech()
+    assert not vad.in_speech and vad.pause_start is None
+    resumed = vad.process(audio[vad.samples_scored : vad.samples_scored + 8000])
+    assert resumed and resumed[0].kind == "start"
