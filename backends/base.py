@@ -212,8 +212,8 @@ class Stream(abc.ABC):
     def pause(self) -> list[Event]:
         """The client stopped sending audio for a while (without ``stop``): finalise the
         utterance in progress as if its speech had ended, and return the events. Audio that
-        comes later starts a new utterance. Called like ``feed``; the default does nothing
-        (a stream that finalises on its own time)."""
+        comes later starts a new utterance. Called like ``feed``; events that come later are
+        for :meth:`poll`. The default does nothing."""
         return []
 
 

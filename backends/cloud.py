@@ -138,6 +138,7 @@ _MAX_FRAME_BYTES = 16000  # 0.5 s of pcm_s16le per AddAudio frame
 _LIVENESS_INTERVAL = 0.25  # seconds between checks that the connection is still up
 _THREAD_JOIN_TIMEOUT = 5.0
 _END = object()  # inbox marker: send EndOfStream
+_FORCE_END = object()  # inbox marker: send ForceEndOfUtterance (the client paused)
 _CLOSE = object()  # inbox marker: stop and close the connection
 
 
@@ -327,6 +328,16 @@ class CloudStream(Stream):
         if self._flushed or self._closed:
             return []
         self._raise_if_failed()
+        return self._take_events()
+
+    def pause(self) -> list[Event]:
+        # The service finalises words once later audio shows they are over (``max_delay``);
+        # with no audio coming, ForceEndOfUtterance asks for the final now. It comes back on
+        # its own time: the session worker polls for it.
+        if self._flushed or self._closed:
+            return []
+        self._raise_if_failed()
+        self._post(_FORCE_END)
         return self._take_events()
 
     def flush(self) -> list[Event]:
@@ -556,6 +567,8 @@ class CloudStream(Stream):
                     if item is _END:
                         await self._end_stream(client)
                         return
+                    if item is _FORCE_END and not await self._force_end_of_utterance(client):
+                        return
                 if not await self._send(client, buffer):
                     return
         finally:
@@ -576,6 +589,17 @@ class CloudStream(Stream):
             except Exception as exc:  # noqa: BLE001 - mapped to a CloudError
                 await self._fail_after_send_error(client, exc)
                 return False
+        return True
+
+    async def _force_end_of_utterance(self, client: Any) -> bool:
+        # The timestamp (audio seconds sent) marks where the utterance ends, as the SDK's
+        # force_end_of_utterance() sets it.
+        message = {"message": "ForceEndOfUtterance", "timestamp": self._sent_samples / SAMPLE_RATE}
+        try:
+            await client.send_message(message)
+        except Exception as exc:  # noqa: BLE001 - mapped to a CloudError
+            await self._fail_after_send_error(client, exc)
+            return False
         return True
 
     async def _end_stream(self, client: Any) -> None:

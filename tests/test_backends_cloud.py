@@ -282,6 +282,51 @@ def test_poll_delivers_what_arrives_after_the_last_feed_and_raises_a_later_failu
     assert fake.sessions[0].dropped
 
 
+def test_pause_asks_for_the_final_of_the_words_so_far_and_the_stream_goes_on(
+    speech: tuple[np.ndarray, list[Utterance]],
+) -> None:
+    # The client stops at 8.0 s, inside "Please enter your phone number, starting with the
+    # area code." (6.6-9.9 s): without more audio the service would hold those words (its
+    # finals wait for max_delay of later audio); ForceEndOfUtterance asks for them now.
+    audio, utterances = speech
+    with FakeSpeechmatics(utterances) as fake:
+        stream = backend_for(fake).open_stream(StreamOptions(language="en"))
+        try:
+            events: list = []
+            for i in range(0, 80 * CHUNK, CHUNK):
+                events += stream.feed(audio[i : i + CHUNK])
+            before = len(finals_of(events))
+            events += stream.pause()
+            while len(finals_of(events)) <= before or not finals_of(events)[-1].text.startswith("Please"):
+                wait_for_poll(stream)
+                events += stream.poll()
+            forced = finals_of(events)[-1]
+            assert forced.start >= 6.6 and forced.words[-1].start < 8.0  # the words begun by 8 s
+            assert normalize(forced.text)[:4] == normalize("Please enter your phone")
+            assert stream.committed_until == forced.end
+            assert fake.sessions[0].forced == [pytest.approx(8.0)]
+            for i in range(80 * CHUNK, int(17.2 * 16000), CHUNK):
+                events += stream.feed(audio[i : i + CHUNK])
+            events += stream.flush()
+        finally:
+            stream.close()
+    said = " ".join(f.text for f in finals_of(events))
+    assert normalize(said) == normalize(" ".join(u.text for u in utterances[:5]))  # nothing lost or doubled
+    assert fake.sessions[0].violations == []
+
+
+def test_pause_after_flush_or_close_sends_nothing(speech: tuple[np.ndarray, list[Utterance]]) -> None:
+    audio, utterances = speech
+    with FakeSpeechmatics(utterances) as fake:
+        stream = backend_for(fake).open_stream(StreamOptions(language="en"))
+        stream.feed(audio[: 10 * CHUNK])
+        stream.flush()
+        assert stream.pause() == []
+        stream.close()
+        assert stream.pause() == []
+    assert fake.sessions[0].forced == []
+
+
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         CloudBackend(CloudBackendOptions(api_key="k", operating_point="turbo"))

@@ -388,6 +388,30 @@ def test_a_final_that_comes_back_after_the_last_chunk_reaches_a_client_that_send
     assert client.named("error") == []
 
 
+def test_a_client_that_pauses_mid_phrase_gets_the_words_so_far_final(serve, clip: Fixture):
+    # Stopped at 8.0 s, inside "Please enter your phone number, starting with the area code."
+    # (6.6-9.9 s): the service would hold those words until later audio passed max_delay. After
+    # --idle-final (1 s) without audio the server asks for them (ForceEndOfUtterance).
+    app, fake = serve()
+    client = connect(app)
+    start(client, backend="cloud", language="en")
+    client.stream(clip.pcm[: 80 * CHUNK_BYTES], speed=10.0)
+    paused = time.monotonic()
+    deadline = paused + 10
+    while not [f for f in client.named("final") if f["text"].startswith("Please enter")]:
+        assert time.monotonic() < deadline, "the words before the pause never became final"
+        time.sleep(0.05)
+    assert time.monotonic() - paused >= 1.0
+    assert fake.sessions[0].forced == [pytest.approx(8.0)]
+    # The session goes on: the rest of the phrase and the prompts after it, nothing lost or doubled.
+    client.stream(clip.pcm[80 * CHUNK_BYTES :], speed=10.0)
+    client.client.emit("stop")
+    stopped = client.wait_for("stopped", timeout=30)[0]
+    assert normalize(stopped["transcript"]) == normalize(clip.text)
+    assert_finals_well_formed(client.named("final"))
+    assert client.named("error") == [] and fake.sessions[0].violations == []
+
+
 def test_a_drop_while_the_client_sends_nothing_is_reported_without_more_audio(serve, clip: Fixture):
     app, fake = serve(config={"cloud": CloudOptions(failover=False)}, fail_after=DROP_AT)
     client = connect(app)

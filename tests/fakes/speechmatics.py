@@ -10,6 +10,8 @@ and the AsyncAPI spec ``spec/realtime.yaml`` of github.com/speechmatics/docs):
 * each binary ``AddAudio`` frame is answered by ``AudioAdded`` with its ``seq_no`` (1, 2, ...);
 * ``EndOfStream.last_seq_no`` must equal the number of frames received; the remaining finals
   follow, then ``EndOfTranscript``;
+* ``ForceEndOfUtterance`` (optional ``timestamp``, seconds >= 0) is answered by an
+  ``AddTranscript`` of the words received so far and an ``EndOfUtterance``;
 * after an ``Error`` the connection is closed.
 
 Transcripts come from a reference transcript (``utterances``: ``start``, ``end``, ``text``):
@@ -163,6 +165,7 @@ class FakeSession:
     last_seq_no: int | None = None
     finals: list[str] = field(default_factory=list)
     partials: int = 0
+    forced: list[float | None] = field(default_factory=list)  # ForceEndOfUtterance timestamps
     end_of_transcript: bool = False
     error: str | None = None  # the Error type sent, if any
     dropped: bool = False
@@ -282,6 +285,7 @@ class _Connection:
         self.max_delay = 4.0
         self.partials_enabled = False
         self.next_final = 0  # index of the first utterance not yet finalised
+        self.final_until = 0.0  # words starting before this were finalised (a forced end)
         self.partial_text: str | None = None
         self.frame_ends: list[int] = []  # audio bytes received up to each frame
         self.ack_queue: asyncio.Queue[tuple[float, int]] = asyncio.Queue()
@@ -321,6 +325,8 @@ class _Connection:
             await self._start(message)
         elif kind == "EndOfStream":
             await self._end_of_stream(message)
+        elif kind == "ForceEndOfUtterance" and self.started:
+            await self._force_end_of_utterance(message)
         elif not self.started:
             await self._error("protocol_error", f"{kind} before StartRecognition")
         else:
@@ -426,27 +432,52 @@ class _Connection:
         session.end_of_transcript = True  # before sending: the client may act on it at once
         await self.ws.send(json.dumps({"message": "EndOfTranscript"}))
 
-    async def _transcribe(self, received: float, *, final: bool) -> None:
-        """Send the finals the received audio allows, then the partial of what is in progress."""
+    async def _force_end_of_utterance(self, message: dict[str, Any]) -> None:
+        timestamp = message.get("timestamp")
+        if timestamp is not None and (not isinstance(timestamp, (int, float)) or timestamp < 0):
+            self.session.violations.append(f"ForceEndOfUtterance.timestamp {timestamp!r}")
+            await self._error("invalid_message", "timestamp must be a number >= 0")
+            return
+        self.session.forced.append(timestamp)
+        received = self.session.received_seconds
+        await self._transcribe(received, final=False, forced=True)
+        metadata = {"start_time": round(received, 3), "end_time": round(received, 3)}
+        await self.ws.send(json.dumps({"message": "EndOfUtterance", "format": "2.9", "metadata": metadata}))
+
+    async def _transcribe(self, received: float, *, final: bool, forced: bool = False) -> None:
+        """Send the finals the received audio allows, then the partial of what is in progress.
+
+        ``final`` (end of stream) and ``forced`` (ForceEndOfUtterance) finalise every word
+        received so far, even those of an utterance still in progress.
+        """
         tokens_by_utterance = self.server._tokens
         while self.next_final < len(self.server.utterances):
             utterance = self.server.utterances[self.next_final]
-            if final:
-                tokens = [t for t in tokens_by_utterance[self.next_final] if t.start < received]
+            pending = [t for t in tokens_by_utterance[self.next_final] if t.start >= self.final_until]
+            if final or forced:
+                tokens = [t for t in pending if t.start < received]
                 if not tokens:
                     break
             elif received >= utterance.end + self.max_delay:
-                tokens = tokens_by_utterance[self.next_final]
+                tokens = pending
             else:
                 break
-            await self._send_transcript("AddTranscript", tokens)
-            self.session.finals.append(transcript_of(tokens).strip())
+            if tokens:
+                await self._send_transcript("AddTranscript", tokens)
+                self.session.finals.append(transcript_of(tokens).strip())
+            if len(tokens) < len(pending):  # the rest of this utterance is still to come
+                self.final_until = received
+                break
             self.next_final += 1
         if not self.partials_enabled or final:
             return
         tokens = []
         for index in range(self.next_final, len(self.server.utterances)):
-            tokens += [t for t in tokens_by_utterance[index] if t.start < received and t.end <= received + 0.3]
+            tokens += [
+                t
+                for t in tokens_by_utterance[index]
+                if self.final_until <= t.start < received and t.end <= received + 0.3
+            ]
         text = transcript_of(tokens)
         if text != self.partial_text:
             self.partial_text = text
