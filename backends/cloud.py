@@ -591,10 +591,8 @@ class CloudStream(Stream):
                 return False
         return True
 
-    async def _force_end_of_utterance(self, client: Any) -> bool:
-        # The timestamp (audio seconds sent) marks where the utterance ends, as the SDK's
-        # force_end_of_utterance() sets it.
-        message = {"message": "ForceEndOfUtterance", "timestamp": self._sent_samples / SAMPLE_RATE}
+    async def _send_message(self, client: Any, message: dict[str, Any]) -> bool:
+        """Send a control message; False if that failed the stream."""
         try:
             await client.send_message(message)
         except Exception as exc:  # noqa: BLE001 - mapped to a CloudError
@@ -602,13 +600,16 @@ class CloudStream(Stream):
             return False
         return True
 
+    async def _force_end_of_utterance(self, client: Any) -> bool:
+        # The timestamp (audio seconds sent) marks where the utterance ends, as the SDK's
+        # force_end_of_utterance() sets it.
+        message = {"message": "ForceEndOfUtterance", "timestamp": self._sent_samples / SAMPLE_RATE}
+        return await self._send_message(client, message)
+
     async def _end_stream(self, client: Any) -> None:
         # Our own EndOfStream: last_seq_no must count every frame sent, whereas the SDK's
         # counter follows the last AudioAdded received.
-        try:
-            await client.send_message({"message": "EndOfStream", "last_seq_no": self._seq})
-        except Exception as exc:  # noqa: BLE001 - mapped to a CloudError
-            await self._fail_after_send_error(client, exc)
+        if not await self._send_message(client, {"message": "EndOfStream", "last_seq_no": self._seq}):
             return
         assert self._eot_event is not None
         while not self._eot_event.is_set() and self._failure is None and not self._closing:
