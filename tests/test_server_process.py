@@ -81,6 +81,26 @@ def test_two_sessions_a_watcher_and_a_responsive_loop(server_url: str, en00: Fix
             client.sio.disconnect()
 
 
+def test_a_paused_client_gets_its_last_words_final_under_gevent(server_url: str, en00: Fixture):
+    # The worker's idle check (--idle-final) under the production async mode: the clip ends as
+    # "... starting with the area code." ends (9.9 s), and the client sends nothing more.
+    clip = en00.clip(9.95)
+    client = Client(server_url)
+    try:
+        client.sio.emit("start", {"language": "en"})
+        client.wait_for("ready")
+        client.stream(clip.pcm, speed=4.0)
+        deadline = time.monotonic() + 20
+        while not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]:
+            assert time.monotonic() < deadline, "the last words never became final while the client paused"
+            time.sleep(0.05)
+        client.sio.emit("stop")
+        stopped = client.wait_for("stopped", timeout=30)[0]
+    finally:
+        client.sio.disconnect()
+    assert wer(clip.text, stopped["transcript"]) < 0.2
+
+
 def test_static_page_and_health(server_url: str):
     with urllib.request.urlopen(server_url + "/health", timeout=5) as response:
         assert response.status == 200
