@@ -81,6 +81,12 @@ class Metrics:
         self.failovers = Counter(
             "livescribe_cloud_failovers", "Cloud sessions that failed over to the local model", ["code"], registry=r
         )
+        self.pauses = Counter(
+            "livescribe_client_pauses",
+            "Times a session's client sent nothing for --idle-final and its last words were finalised",
+            ["backend"],
+            registry=r,
+        )
         self.file_jobs = Counter(
             "livescribe_file_jobs", "Uploaded files transcribed, by outcome (ok, error)", ["outcome"], registry=r
         )
@@ -145,6 +151,8 @@ class Metrics:
                 self.final_latency.observe(max(0.0, now - received))
         elif kind == "error":
             self.errors.labels(getattr(detail, "code", "internal_error")).inc()
+        elif kind == "paused":
+            self.pauses.labels(session.backend).inc()
         elif kind == "failover":
             self.failovers.labels(getattr(detail, "code", "backend_error")).inc()
         elif kind == "stopped":

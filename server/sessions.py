@@ -341,6 +341,7 @@ class SessionManager:
         # words would stay a partial until it speaks again; the stream finalises them now.
         session.paused_at = session.processed
         logger.debug("session %s: no audio for %.1f s, finalising what it heard", session.id, self.config.idle_final)
+        self._notify("paused", session, None)
         events = self._call_stream(session, session.stream.pause, start=session.processed, end=session.processed)
         self._dispatch(session, events)
 

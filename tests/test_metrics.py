@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,24 @@ def test_metrics_after_a_session(app, socketio, en00: Fixture, tmp_path: Path):
     assert value(files, "livescribe_real_time_factor_count", source="file") == 1
     assert value(files, "livescribe_file_jobs_queued") == 0
     assert value(files, "livescribe_cloud_failovers_total") == 0
+    assert value(files, "livescribe_client_pauses_total", backend="local") == 0  # stop came at once
+
+
+def test_a_client_pause_is_counted(app, socketio, en00: Fixture):
+    clip = en00.clip(9.95)  # ends mid-speech: only the pause (or stop) can finalise it
+    client = TestClientRecorder(socketio.test_client(app))
+    client.client.emit("start", {"language": "en"})
+    client.wait_for("ready")
+    client.stream(clip.pcm, speed=4.0)
+    deadline = time.monotonic() + 20
+    while not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]:
+        assert time.monotonic() < deadline, "no final for the words before the pause"
+        time.sleep(0.05)
+    assert value(scrape(app), "livescribe_client_pauses_total", backend="local") == 1
+    time.sleep(1.5)  # still quiet: nothing new was heard, so no second pause
+    assert value(scrape(app), "livescribe_client_pauses_total", backend="local") == 1
+    client.client.emit("stop")
+    client.wait_for("stopped", timeout=30)
 
 
 def test_each_app_has_its_own_registry(app, local_backend):
