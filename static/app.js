@@ -31,6 +31,7 @@ const el = {
   task: $("task"),
   startBtn: $("start-btn"),
   stopBtn: $("stop-btn"),
+  muteBtn: $("mute-btn"),
   timer: $("session-timer"),
   level: $("level"),
   levelFill: $("level-fill"),
@@ -94,6 +95,9 @@ let client = null;
 let mic = null;
 let runState = "idle"; // idle | starting | running | stopping
 let session = null; // `ready` payload of our running session
+// Muted: the microphone stays open but nothing is sent; the server finalises the words said
+// before the gap once it has heard nothing for its --idle-final (1 s), and the session goes on.
+let muted = false;
 let pendingChunks = []; // chunks captured between the microphone opening and `ready`
 let captureClock = null; // the audio clock where the capture's first chunk began (test hook)
 let timerStartedAt = null;
@@ -302,6 +306,9 @@ function updateControls() {
   el.stopBtn.disabled = runState === "stopping";
   el.startBtn.lastChild.textContent = runState === "starting" ? " Starting…" : " Start";
   el.stopBtn.lastChild.textContent = runState === "stopping" ? " Finishing…" : " Stop";
+  el.muteBtn.hidden = runState !== "running";
+  el.muteBtn.setAttribute("aria-pressed", String(muted));
+  el.muteBtn.textContent = muted ? "Unmute" : "Mute";
   document.body.classList.toggle("is-running", runState === "running");
   const empty = transcript.isEmpty;
   el.copyBtn.disabled = empty;
@@ -446,6 +453,10 @@ function observeLatency(end) {
 
 function onChunk(msg) {
   if (captureClock === null && mic && mic.context) captureClock = mic.context.currentTime - msg.samples / TARGET_RATE;
+  if (muted) {
+    renderLevel(0, 0);
+    return; // not sent, not counted: session times are those of the audio sent
+  }
   renderLevel(msg.rms, msg.peak);
   if (runState === "starting") pendingChunks.push(msg);
   else if ((runState === "running" || runState === "stopping") && session) sendChunk(msg);
@@ -456,9 +467,21 @@ function sendChunk(msg) {
   latency.sent(msg.samples / TARGET_RATE);
 }
 
+function toggleMute() {
+  if (runState !== "running") return;
+  muted = !muted;
+  if (muted) renderLevel(0, 0);
+  el.sessionState.textContent = muted
+    ? "Muted: nothing is sent. What you said before is finalised in a moment."
+    : `Listening. Captions are live (${backendLabel(session.backend)} engine).`;
+  updateControls();
+  announce(muted ? "Microphone muted" : "Microphone on");
+}
+
 async function startSession() {
   if (runState !== "idle") return;
   runState = "starting";
+  muted = false;
   pendingChunks = [];
   latency.reset();
   dismissAlerts("session");
@@ -671,6 +694,7 @@ function clearTranscript() {
 function wireDom() {
   el.startBtn.addEventListener("click", startSession);
   el.stopBtn.addEventListener("click", stopSession);
+  el.muteBtn.addEventListener("click", toggleMute);
   for (const radio of [el.backendLocal, el.backendCloud]) {
     radio.addEventListener("change", () => {
       renderLanguageAndTask();
@@ -823,6 +847,9 @@ window.livescribe = {
   },
   get session() {
     return session;
+  },
+  get muted() {
+    return muted;
   },
   get audioSecondsSent() {
     return latency.audioSeconds;

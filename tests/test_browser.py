@@ -399,6 +399,33 @@ def test_own_session_sends_100ms_int16_chunks_and_locks_settings(fake_page):
     assert not page.page_errors
 
 
+def test_mute_stops_sending_and_the_session_goes_on(fake_page):
+    page = fake_page()
+    fire(page, "connect")
+    fire(page, "server_info", server_info(LOCAL_TINY_EN, CLOUD_OFF))
+    assert page.is_hidden("#mute-btn")
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    fire(page, "ready", {**READY, "model": "tiny.en", "language": "en", "task": "transcribe"})
+    page.wait_for_function("window.__fake.emitted.filter(e => e[0] === 'audio').length >= 5")
+    page.click("#mute-btn")
+    assert page.get_attribute("#mute-btn", "aria-pressed") == "true" and page.inner_text("#mute-btn") == "Unmute"
+    assert "Muted" in page.inner_text("#session-state")
+    muted_at = len(emitted(page, "audio"))
+    page.wait_for_timeout(600)
+    assert len(emitted(page, "audio")) == muted_at, "audio went out while muted"
+    page.click("#mute-btn")
+    assert page.get_attribute("#mute-btn", "aria-pressed") == "false" and page.inner_text("#mute-btn") == "Mute"
+    page.wait_for_function(f"window.__fake.emitted.filter(e => e[0] === 'audio').length >= {muted_at + 5}")
+    # Session time is the audio sent: the muted 0.6 s is not in it.
+    sent = sum(e[1]["bytes"] for e in emitted(page, "audio")) / 32000
+    assert page.evaluate("window.livescribe.audioSecondsSent") == pytest.approx(sent, abs=0.11)
+    page.click("#stop-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")
+    assert page.is_hidden("#mute-btn")
+    assert not page.page_errors
+
+
 def test_watch_view_joins_the_room_and_auto_scroll_pauses_while_reading_back(fake_page):
     page = fake_page("?room=abc123")
     assert page.is_hidden("#session-card") and page.is_hidden("#start-btn")
