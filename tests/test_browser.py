@@ -694,6 +694,33 @@ def test_live_captions_from_the_microphone_end_to_end(launch, server_url, tmp_pa
     print(f"screenshots in {tmp_path}")
 
 
+@pytest.mark.timeout(180)
+def test_muting_mid_phrase_finalises_it_from_the_real_server(launch, server_url, tmp_path, en00):
+    # Muted 9.5 s into en00, inside "Please enter your phone number, starting with the area
+    # code." (6.6-9.9 s; a starved fake capture may lag the file by seconds, so the phrase has
+    # begun at least): no silence reaches the server, so only its idle finalisation can commit it.
+    wav = padded_wav(en00.clip(12.0).pcm, TRAILING_SILENCE, tmp_path / "capture.wav")
+    page = launch(fake_audio=wav).new_page()
+    page.goto(server_url + "/")
+    page.wait_for_selector("#start-btn:not([disabled])", timeout=20000)
+    page.click("#start-btn")
+    page.wait_for_function("window.livescribe.state === 'running'", timeout=30000)
+    page.wait_for_function("window.livescribe.audioSecondsSent >= 9.5", timeout=60000, polling=50)
+    page.click("#mute-btn")
+    sent = page.evaluate("window.livescribe.audioSecondsSent")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#finals .final-text')].some(e => /please/i.test(e.textContent))",
+        timeout=20000,
+    )
+    page.wait_for_selector("#partial", state="hidden", timeout=10000)
+    assert page.evaluate("window.livescribe.state") == "running" and page.evaluate("window.livescribe.muted")
+    assert page.evaluate("window.livescribe.audioSecondsSent") == sent, "audio went out while muted"
+    page.click("#mute-btn")
+    page.wait_for_function(f"window.livescribe.audioSecondsSent >= {sent + 1.0}", timeout=20000)
+    page.click("#stop-btn")
+    page.wait_for_function("window.livescribe.state === 'idle'", timeout=60000)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("fake_device", "expected"),
