@@ -66,6 +66,19 @@ class TestClientRecorder:
             self.poll()
 
 
+def words_ending_after(client: Any, seconds: float) -> list[dict]:
+    """The final words ``client`` (anything with ``named``) received that end after ``seconds``."""
+    return [w for f in client.named("final") for w in f.get("words", []) if w["end"] > seconds]
+
+
+def wait_for_words_ending_after(client: Any, seconds: float, timeout: float = 20.0) -> None:
+    """Wait until a final holds a word that ends after ``seconds`` of session audio."""
+    deadline = time.monotonic() + timeout
+    while not words_ending_after(client, seconds):
+        assert time.monotonic() < deadline, f"no final word ending after {seconds} s within {timeout} s"
+        time.sleep(0.05)
+
+
 def finals_text(finals: list[dict]) -> str:
     return " ".join(f["text"] for f in finals)
 

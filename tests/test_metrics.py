@@ -16,7 +16,7 @@ from server.app import create_app
 from server.config import Config
 from tests.conftest import Fixture
 from tests.file_helpers import write_wav
-from tests.streaming import TestClientRecorder
+from tests.streaming import TestClientRecorder, wait_for_words_ending_after
 
 
 def scrape(app) -> dict[tuple[str, tuple], float]:
@@ -94,10 +94,7 @@ def test_a_client_pause_is_counted(app, socketio, en00: Fixture):
     client.client.emit("start", {"language": "en"})
     client.wait_for("ready")
     client.stream(clip.pcm, speed=4.0)
-    deadline = time.monotonic() + 20
-    while not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]:
-        assert time.monotonic() < deadline, "no final for the words before the pause"
-        time.sleep(0.05)
+    wait_for_words_ending_after(client, 9.0)
     assert value(scrape(app), "livescribe_client_pauses_total", backend="local") == 1
     time.sleep(1.5)  # still quiet: nothing new was heard, so no second pause
     assert value(scrape(app), "livescribe_client_pauses_total", backend="local") == 1

@@ -13,7 +13,7 @@ import pytest
 from bench.wer import wer
 from tests.conftest import Fixture
 from tests.server_process import Client, running_server
-from tests.streaming import assert_finals_well_formed, finals_text
+from tests.streaming import assert_finals_well_formed, finals_text, wait_for_words_ending_after
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +90,7 @@ def test_a_paused_client_gets_its_last_words_final_under_gevent(server_url: str,
         client.sio.emit("start", {"language": "en"})
         client.wait_for("ready")
         client.stream(clip.pcm, speed=4.0)
-        deadline = time.monotonic() + 20
-        while not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]:
-            assert time.monotonic() < deadline, "the last words never became final while the client paused"
-            time.sleep(0.05)
+        wait_for_words_ending_after(client, 9.0)
         client.sio.emit("stop")
         stopped = client.wait_for("stopped", timeout=30)[0]
     finally:

@@ -18,6 +18,8 @@ from tests.streaming import (
     assert_finals_well_formed,
     assert_partials_precede_finals,
     finals_text,
+    wait_for_words_ending_after,
+    words_ending_after,
 )
 
 
@@ -95,10 +97,7 @@ def test_a_client_that_pauses_gets_its_last_words_final_without_stop(socketio, a
     start(client, language="en")
     client.stream(clip.pcm, speed=4.0)
     paused_at = time.monotonic()
-    deadline = paused_at + 20
-    while not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]:
-        assert time.monotonic() < deadline, "the last words never became final while the client paused"
-        time.sleep(0.05)
+    wait_for_words_ending_after(client, 9.0)
     final_at = next(e.at for e in client.events if e.name == "final" and e.data["words"][-1]["end"] > 9.0)
     assert final_at - paused_at >= 1.0  # not before the client had been quiet for --idle-final
     said = " ".join(w["word"] for f in client.named("final") for w in f["words"] if w["end"] > 6.6)
@@ -124,10 +123,10 @@ def test_idle_final_off_leaves_the_last_words_to_stop(socketio, app, en00: Fixtu
     start(client, language="en")
     client.stream(clip.pcm, speed=4.0)
     time.sleep(3.0)
-    assert not [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]
+    assert not words_ending_after(client, 9.0)
     client.client.emit("stop")
     client.wait_for("stopped", timeout=60)
-    assert [w for f in client.named("final") for w in f["words"] if w["end"] > 9.0]
+    assert words_ending_after(client, 9.0)
 
 
 def test_silence_clip_gives_no_final(socketio, app, silence: Fixture):
