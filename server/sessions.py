@@ -6,9 +6,9 @@ on a native thread via :class:`~server.runtime.Runtime`, then emits the resultin
 session's room. While it waits for audio it also takes what a stream produced on its own (a
 cloud final, a dropped connection: ``Stream.poll``), so a client that pauses sending still hears
 of it; and once the client has sent nothing for ``--idle-final`` it asks the stream to finalise
-what it heard last (``Stream.pause``). Nothing accepted is dropped: a failure is either recovered (cloud -> local
-failover, re-feeding the audio the cloud had not finalised) or reported as an ``error`` that
-names the span of audio it affected.
+what it heard last (``Stream.pause``). Nothing accepted is dropped: a failure is either
+recovered (cloud -> local failover, re-feeding the audio the cloud had not finalised) or
+reported as an ``error`` that names the span of audio it affected.
 """
 
 from __future__ import annotations

@@ -307,8 +307,9 @@ function updateControls() {
   el.startBtn.lastChild.textContent = runState === "starting" ? " Starting…" : " Start";
   el.stopBtn.lastChild.textContent = runState === "stopping" ? " Finishing…" : " Stop";
   el.muteBtn.hidden = runState !== "running";
-  el.muteBtn.setAttribute("aria-pressed", String(muted));
+  // The label says what a press does (no aria-pressed as well: "Unmute, pressed" reads badly).
   el.muteBtn.textContent = muted ? "Unmute" : "Mute";
+  el.muteBtn.classList.toggle("is-muted", muted);
   document.body.classList.toggle("is-running", runState === "running");
   const empty = transcript.isEmpty;
   el.copyBtn.disabled = empty;
