@@ -122,6 +122,7 @@ def server_info_payload(manager: SessionManager, version: str) -> dict:
         "backends": manager.backend_infos(),
         "default_backend": "local",
         "default_language": manager.config.language,
+        "idle_final": manager.config.idle_final,  # seconds; 0: a pause does not finalise
         "limits": {
             "max_payload_bytes": manager.config.max_payload_bytes,
             "min_sample_rate": MIN_SAMPLE_RATE,

@@ -41,6 +41,7 @@ def error_codes(recorder: TestClientRecorder) -> list[str]:
 def test_server_info_describes_backends(socketio, app):
     info = connect(socketio, app).named("server_info")[0]
     assert info["protocol"] == 1
+    assert info["idle_final"] == 1.0  # how soon a pause finalises (--idle-final)
     local = info["backends"]["local"]
     assert local["available"] and local["model"] == "tiny.en" and local["device"] == "cpu"
     assert info["backends"]["cloud"]["available"] is False
