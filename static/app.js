@@ -472,8 +472,10 @@ function toggleMute() {
   if (runState !== "running") return;
   muted = !muted;
   if (muted) renderLevel(0, 0);
+  const idle = Number(client && client.serverInfo && client.serverInfo.idle_final);
+  const finalised = idle > 0 ? `finalised in about ${idle} s` : "finalised when you unmute or stop";
   el.sessionState.textContent = muted
-    ? "Muted: nothing is sent. What you said before is finalised in a moment."
+    ? `Muted: nothing is sent. What you said before is ${finalised}.`
     : `Listening. Captions are live (${backendLabel(session.backend)} engine).`;
   updateControls();
   announce(muted ? "Microphone muted" : "Microphone on");
