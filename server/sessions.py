@@ -55,7 +55,8 @@ _STOP = object()
 # Audio a cloud stream has not finalised is kept for failover, up to this much.
 MAX_RETAINED_SECONDS = 300.0
 # How often a worker waiting for audio looks for what its stream produced by itself (a cloud
-# final, a dropped connection): a client that pauses sending must still hear of both.
+# final, a dropped connection) and whether the client has paused long enough (--idle-final):
+# a client that pauses sending must still hear of all three.
 POLL_INTERVAL = 0.1
 
 Emit = Callable[[str, dict, str], None]  # (event, payload, to: room or sid)
@@ -342,13 +343,15 @@ class SessionManager:
         session.paused_at = session.processed
         logger.debug("session %s: no audio for %.1f s, finalising what it heard", session.id, self.config.idle_final)
         self._notify("paused", session, None)
-        events = self._call_stream(session, session.stream.pause, start=session.processed, end=session.processed)
-        self._dispatch(session, events)
+        self._without_audio(session, session.stream.pause)
 
     def _poll(self, session: Session) -> None:
-        # No audio comes with a poll: a failure costs (or a failover re-feeds) only the audio
-        # from the stream's last final to what was processed.
-        events = self._call_stream(session, session.stream.poll, start=session.processed, end=session.processed)
+        self._without_audio(session, session.stream.poll)
+
+    def _without_audio(self, session: Session, call: Callable[[], list[Event]]) -> None:
+        # No audio comes with a poll or a pause: a failure costs (or a failover re-feeds) only
+        # the audio from the stream's last final to what was processed.
+        events = self._call_stream(session, call, start=session.processed, end=session.processed)
         self._dispatch(session, events)
         self._release_retained(session)
 
