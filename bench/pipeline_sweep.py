@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.encoder_cost import cpu_seconds, yardstick
-from bench.wer import align, corpus_wer, normalize
+from bench.wer import align, corpus_wer, normalize, ratio_interval, utterance_errors
 
 DEFAULT_FILES = [
     Path(__file__).resolve().parent.parent / "tests" / "fixtures" / f"{name}.wav" for name in ("en-dev-00", "en-dev-01")
@@ -115,9 +115,10 @@ def run_one(
     chunk: float,
     shifts: int = 1,
     texts: dict[str, str] | None = None,
+    draws: list[tuple[str, str]] | None = None,
 ) -> dict:
     """One setting's row; ``texts`` (if given) receives each file's joined finals by stem
-    (the first draw's, with --shifts)."""
+    (the first draw's, with --shifts), ``draws`` (if given) every draw's as (stem, finals)."""
     from backends.base import Final, StreamOptions
     from bench.stream_bench import percentile
     from server.pipeline import PipelineOptions, StreamingPipeline
@@ -139,6 +140,8 @@ def run_one(
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
         if texts is not None and shift == 0:
             texts[path.stem] = hypothesis
+        if draws is not None:
+            draws.append((path.stem, hypothesis))
         finals, firsts = latencies(events, reference["utterances"], shift * SHIFT)
         final_lat += [v for v in finals if v is not None]
         first_lat += [v for v in firsts if v is not None]
@@ -165,12 +168,37 @@ def offline_texts(model: str, files: list[Path]) -> dict[str, str]:
     return {path.stem: texts[stream.stream_id] for path, stream in zip(files, streams, strict=True)}
 
 
+def ratio_bounds(
+    draws: list[tuple[str, str]], utterances: dict[str, list[str]], offline: dict[str, str]
+) -> tuple[float, float]:
+    """95% interval of a setting's WER ratio to offline, resampling reference utterances
+    (every draw of an utterance, with --shifts, is one unit with offline's errors on it as
+    many times: the draws share its audio)."""
+    units: dict[tuple[str, int], list[int]] = {}
+    for stem, hypothesis in draws:
+        pairs = zip(
+            utterance_errors(utterances[stem], hypothesis),
+            utterance_errors(utterances[stem], offline[stem]),
+            strict=True,
+        )
+        for k, (errors, baseline) in enumerate(pairs):
+            unit = units.setdefault((stem, k), [0, 0])
+            unit[0] += errors
+            unit[1] += baseline
+    return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()])
+
+
 def references(files: list[Path]) -> dict[str, str]:
     """Each file's reference text by stem."""
+    return {stem: " ".join(texts) for stem, texts in utterance_texts(files).items()}
+
+
+def utterance_texts(files: list[Path]) -> dict[str, list[str]]:
+    """Each file's reference utterances by stem."""
     out = {}
     for path in files:
         reference = json.loads(path.with_suffix(".json").read_text())
-        out[path.stem] = " ".join(u["text"] for u in reference["utterances"])
+        out[path.stem] = [u["text"] for u in reference["utterances"]]
     return out
 
 
@@ -261,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         profiler.enable()
     combos = parse_sets(args.set)
     texts: list[dict[str, str]] = [{} for _ in combos]
-    pairs = zip(combos, texts, strict=True)
-    rows = [run_one(backend, args.files, combo, args.chunk, args.shifts, out) for combo, out in pairs]
+    draws: list[list[tuple[str, str]]] = [[] for _ in combos]
+    rows = [
+        run_one(backend, args.files, combo, args.chunk, args.shifts, out, drawn)
+        for combo, out, drawn in zip(combos, texts, draws, strict=True)
+    ]
     if profiler:
         profiler.disable()
     refs = references(args.files)
@@ -270,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         offline_by_file = offline_texts(args.model, args.files)
         offline = corpus_wer([(refs[stem], offline_by_file[stem]) for stem in refs])
         print(f"# offline faster-whisper on the same files (beam 1, VAD filter): WER {offline:.3f}")
-        for row in rows:
+        utterances = utterance_texts(args.files)
+        for row, drawn in zip(rows, draws, strict=True):
             row["wer_ratio"] = row["wer"] / offline if offline else float("nan")
+            row["ratio_low"], row["ratio_high"] = ratio_bounds(drawn, utterances, offline_by_file)
     columns = list(rows[0])
     print("  ".join(f"{c:>16}" for c in columns))
     for row in rows:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from bench.encoder_cost import yardstick
-from bench.wer import ErrorCounts, align, normalize, word_errors
+from bench.wer import ErrorCounts, align, normalize, ratio_interval, utterance_errors, word_errors
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +251,7 @@ def session_metrics(record: SessionRecord, stream: StreamFile, offline_text: str
     errors = word_errors(stream.reference, hyp, stream.language)
     deleted, ref_len = never_finalised(stream.reference, hyp, stream.language)
     offline = word_errors(stream.reference, offline_text, stream.language) if offline_text is not None else None
+    texts = [u.text for u in stream.utterances]
     final_word_count = len(final_words(record.finals))
     return {
         "stream_id": stream.stream_id,
@@ -261,6 +262,11 @@ def session_metrics(record: SessionRecord, stream: StreamFile, offline_text: str
         "errors": errors._asdict(),
         "offline_errors": offline._asdict() if offline else None,
         "offline_text": offline_text,
+        # Per reference utterance, for the ratio's interval (summarize).
+        "utterance_errors": utterance_errors(texts, hyp, stream.language),
+        "offline_utterance_errors": (
+            utterance_errors(texts, offline_text, stream.language) if offline_text is not None else None
+        ),
         "never_finalised": deleted,
         "ref_words": ref_len,
         "final_latency": final_latencies(record, stream.utterances),
@@ -275,6 +281,23 @@ def session_metrics(record: SessionRecord, stream: StreamFile, offline_text: str
         ),
         "max_send_lag": record.max_send_lag,
     }
+
+
+def wer_ratio_interval(metrics: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """95% interval of the streaming/offline WER ratio, resampling the reference utterances.
+
+    An utterance streamed by several sessions (``--streams 4``) is one unit, its errors summed
+    over them: the sessions share its audio, so they are not independent draws of speech.
+    """
+    units: dict[tuple[str, int], list[int]] = {}
+    for m in metrics:
+        if not m["speech"] or m.get("offline_utterance_errors") is None:
+            continue
+        for k, pair in enumerate(zip(m["utterance_errors"], m["offline_utterance_errors"], strict=True)):
+            unit = units.setdefault((m["stream_id"], k), [0, 0])
+            unit[0] += pair[0]
+            unit[1] += pair[1]
+    return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()])
 
 
 def summarize(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -299,6 +322,7 @@ def summarize(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ratio = 1.0 if wer_stream == 0 else math.inf
     else:
         ratio = wer_stream / wer_offline
+    ratio_low, ratio_high = wer_ratio_interval(metrics) if offline else (math.nan, math.nan)
     final_lat = [v for m in metrics for v in m["final_latency"] if v is not None]
     first_lat = [v for m in metrics for v in m["first_partial_latency"] if v is not None]
     utterances = sum(len(m["final_latency"]) for m in metrics)
@@ -310,6 +334,8 @@ def summarize(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "wer": wer_stream,
         "wer_offline": wer_offline,
         "wer_ratio": ratio,
+        "wer_ratio_low": ratio_low,
+        "wer_ratio_high": ratio_high,
         "final_latency_median": percentile(final_lat, 50),
         "final_latency_p90": percentile(final_lat, 90),
         "first_partial_median": percentile(first_lat, 50),
@@ -715,12 +741,19 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def _interval(low: Any, high: Any) -> str:
+    if low is None or high is None or any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return "n/a"
+    return f"{_fmt(low, '.2f')}-{_fmt(high, '.2f')}"
+
+
 COLUMNS = [
     ("streams", lambda r: str(r["streams"])),
     ("audio s", lambda r: _fmt(r["audio_s"], ".0f")),
     ("WER", lambda r: _fmt(r["wer"], ".3f")),
     ("offline WER", lambda r: _fmt(r["wer_offline"], ".3f")),
     ("ratio", lambda r: _fmt(r["wer_ratio"], ".2f", "x")),
+    ("ratio 95% CI", lambda r: _interval(r.get("wer_ratio_low"), r.get("wer_ratio_high"))),
     ("final lat med", lambda r: _fmt(r["final_latency_median"], ".2f", " s")),
     ("final lat p90", lambda r: _fmt(r["final_latency_p90"], ".2f", " s")),
     ("1st partial med", lambda r: _fmt(r["first_partial_median"], ".2f", " s")),

@@ -13,8 +13,10 @@ reference words were deleted (the benchmark counts those as never finalised).
 from __future__ import annotations
 
 import math
+import random
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import NamedTuple
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "align",
     "corpus_wer",
     "normalize",
+    "ratio_interval",
+    "utterance_errors",
     "wer",
     "word_errors",
 ]
@@ -293,3 +297,71 @@ def corpus_wer(pairs: list[tuple[str, str]], language: str = "en") -> float:
     for reference, hypothesis in pairs:
         total = total + word_errors(reference, hypothesis, language)
     return total.wer
+
+
+def utterance_errors(utterances: Sequence[str], hypothesis: str, language: str = "en") -> list[int]:
+    """A stream's word errors per reference utterance, so that a comparison can be resampled by
+    utterance (:func:`ratio_interval`).
+
+    The hypothesis (the stream's joined finals) is aligned with the whole reference, each
+    utterance normalised on its own; a substitution or deletion counts against its reference
+    word's utterance, an insertion against the utterance of the reference word before it (the
+    first utterance's, before any).
+    """
+    ref: list[str] = []
+    owner: list[int] = []
+    for k, text in enumerate(utterances):
+        words = normalize(text, language)
+        ref += words
+        owner += [k] * len(words)
+    counts = [0] * len(utterances)
+    if not utterances:
+        return counts
+    current = 0
+    for op, i, _ in align(ref, normalize(hypothesis, language)):
+        if i is not None:
+            current = owner[i]
+        if op != "=":
+            counts[current] += 1
+    return counts
+
+
+def _ratio(errors: int, baseline: int) -> float:
+    if baseline == 0:
+        return 1.0 if errors == 0 else math.inf
+    return errors / baseline
+
+
+def ratio_interval(
+    errors: Sequence[int],
+    baseline: Sequence[int],
+    *,
+    confidence: float = 0.95,
+    samples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Paired percentile-bootstrap interval of ``sum(errors) / sum(baseline)``.
+
+    ``errors[k]`` and ``baseline[k]`` are two systems' word errors on the same unit (an
+    utterance: :func:`utterance_errors`); units are drawn with replacement, in pairs, since
+    what is hard for one system is hard for the other. Word errors cluster in a few utterances,
+    so on a few hundred words a ratio of 1.25 can be two words' luck: the interval says how far
+    the ratio could move on other speech of the same kind. Deterministic for a given ``seed``.
+    """
+    if len(errors) != len(baseline):
+        raise ValueError("errors and baseline must count the same units")
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must be between 0 and 1")
+    if not errors:
+        return math.nan, math.nan
+    pairs = list(zip(errors, baseline, strict=True))
+    draw = random.Random(seed).choices
+    ratios = []
+    for _ in range(samples):
+        chosen = draw(pairs, k=len(pairs))
+        ratios.append(_ratio(sum(e for e, _ in chosen), sum(b for _, b in chosen)))
+    ratios.sort()
+    tail = (1 - confidence) / 2
+    low = ratios[int(tail * (samples - 1))]
+    high = ratios[math.ceil((1 - tail) * (samples - 1))]
+    return low, high

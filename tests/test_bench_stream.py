@@ -128,6 +128,37 @@ def test_percentile_and_summary() -> None:
     header, rule, line = table.splitlines()
     assert len(header) == len(rule) == len(line)
     assert "inf" in line and "n/a" in line and "40.0%" in line
+    assert row["wer_ratio_high"] == math.inf  # offline made no error: no finite bound
+
+
+def test_the_ratio_interval_resamples_utterances_not_sessions() -> None:
+    stream = StreamFile("s", "s.wav", "en", "speech", 3.0, UTTERANCES, b"")
+    other = StreamFile("t", "t.wav", "en", "speech", 3.0, UTTERANCES, b"")
+
+    def metrics(file: StreamFile, text: str, offline: str) -> dict:
+        record = SessionRecord(stream_id=file.stream_id, client=0, duration=3.0)
+        record.finals = [(2.9, {"text": text, "start": 0.5, "end": 2.6})]
+        return sb.session_metrics(record, file, offline_text=offline)
+
+    # The same two errors as offline, in the same utterance: the ratio is 1 whatever is drawn.
+    same = [
+        metrics(stream, "Press one four. Thank.", "Press one four. Thank."),
+        metrics(other, *["Press 1 for. Thank you"] * 2),
+    ]
+    row = sb.summarize(same)
+    assert (row["wer_ratio"], row["wer_ratio_low"], row["wer_ratio_high"]) == (1.0, 1.0, 1.0)
+    # Twice offline's errors, spread over utterances: the interval brackets the ratio.
+    spread = [
+        metrics(stream, "Press one four. Thank.", "Press one four. Thank you."),
+        metrics(other, "Press 1 for. Thank you", "Press 1 for. Thank you"),
+    ]
+    row = sb.summarize(spread)
+    assert row["wer_ratio"] == 2.0 and row["wer_ratio_low"] == 1.0 and row["wer_ratio_high"] == math.inf
+    # Four sessions of each file (--streams 4) are the same utterances: the same interval.
+    assert sb.summarize(spread * 4)["wer_ratio_low"] == 1.0
+    assert sb.summarize(spread * 4)["wer_ratio_high"] == math.inf
+    table = sb.format_table([{**row, "streams": 1, "cpu_per_audio_s": 0.1}])
+    assert " 2.00x" in table and "1.00-inf" in table
 
 
 def test_plan_streams_round_robin_and_every_file() -> None:

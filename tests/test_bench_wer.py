@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.wer import ErrorCounts, align, corpus_wer, normalize, wer, word_errors
+from bench.wer import (
+    ErrorCounts,
+    align,
+    corpus_wer,
+    normalize,
+    ratio_interval,
+    utterance_errors,
+    wer,
+    word_errors,
+)
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "dev" / "en"  # when beside the repo
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -139,3 +148,75 @@ def test_matches_jiwer_on_random_edits() -> None:
         # Totals must agree; the S/D/I split may differ between equal-cost alignments.
         assert ours.errors == expected.substitutions + expected.deletions + expected.insertions
         assert ours.wer == pytest.approx(expected.wer)
+
+
+def test_utterance_errors_name_the_utterance_each_error_is_in() -> None:
+    utterances = [
+        "Press 1 for",
+        "Please enter the number to be removed from the blacklist.",
+        "Thank you for your patience",
+    ]
+    # A word inserted before the first utterance and "for" heard as "4"; "blacklist" split in
+    # two (a substitution and an insertion); "your" missing.
+    hypothesis = (
+        "Um so press one four. Please enter the number to be removed from the black list. Thank you for patience"
+    )
+    assert utterance_errors(utterances, hypothesis) == [2, 2, 1]
+    assert utterance_errors([], "anything") == []
+
+
+@pytest.mark.parametrize("stream_id", ["en-dev-00", "en-dev-01", "en-dev-02"])
+def test_utterance_errors_add_up_to_the_stream_errors(stream_id: str) -> None:
+    texts = reference_texts().get(stream_id)
+    if not texts:
+        pytest.skip(f"{stream_id} reference not available")
+    rng = random.Random(3)
+    for _ in range(20):
+        words = " ".join(texts).split()
+        for _ in range(rng.randint(0, 12)):
+            pos = rng.randrange(len(words))
+            action = rng.choice("sdi")
+            if action == "s":
+                words[pos] = rng.choice(["uh", "color", "4", "black list"])
+            elif action == "d":
+                del words[pos]
+            else:
+                words.insert(pos, rng.choice(["the", "and", "press"]))
+        hypothesis = " ".join(words)
+        per_utterance = utterance_errors(texts, hypothesis)
+        assert len(per_utterance) == len(texts)
+        assert sum(per_utterance) == word_errors(" ".join(texts), hypothesis).errors
+
+
+def test_ratio_interval_is_exact_when_every_utterance_agrees() -> None:
+    baseline = [0, 1, 0, 2, 1, 0, 3]
+    assert ratio_interval(baseline, baseline) == (1.0, 1.0)
+    assert ratio_interval([2 * b for b in baseline], baseline) == (2.0, 2.0)
+    assert ratio_interval([0, 0], [0, 0]) == (1.0, 1.0)
+    assert ratio_interval([1, 2], [0, 0]) == (math.inf, math.inf)
+    assert all(math.isnan(v) for v in ratio_interval([], []))
+
+
+def test_ratio_interval_brackets_the_ratio_and_narrows_with_more_speech() -> None:
+    # The dev streams' shape: 60 utterances, the errors in a few; 10 against 8 (1.25).
+    errors = [0] * 60
+    baseline = [0] * 60
+    for k, n in {3: 4, 10: 2, 20: 1, 31: 2, 45: 1}.items():
+        errors[k] = n
+    for k, n in {3: 1, 10: 2, 20: 1, 31: 2, 50: 2}.items():
+        baseline[k] = n
+    low, high = ratio_interval(errors, baseline)
+    assert low < 1.0 < 1.25 < high  # two words' difference: no verdict either way
+    assert ratio_interval(errors, baseline) == (low, high)  # deterministic
+    wide_low, wide_high = ratio_interval(errors * 16, baseline * 16)
+    assert low < wide_low < 1.25 < wide_high < high
+    assert wide_low > 1.0  # sixteen times the speech with the same pattern: a real difference
+    narrow = ratio_interval(errors, baseline, confidence=0.5)
+    assert low <= narrow[0] <= narrow[1] <= high
+
+
+def test_ratio_interval_rejects_unpaired_counts() -> None:
+    with pytest.raises(ValueError):
+        ratio_interval([1, 2], [1])
+    with pytest.raises(ValueError):
+        ratio_interval([1], [1], confidence=1.0)
