@@ -10,6 +10,10 @@ worker does. Its events arrive when the feed returns; final and first-partial la
 computed as ``bench.stream_bench`` does (which also counts the network and the server, and
 several streams).
 
+With several settings, each row also gets its WER ratio to the first row's (``vs_first``) and
+that ratio's 95% interval over the reference utterances (``vs_first_low``, ``vs_first_high``):
+an interval that holds 1 means the files cannot tell the two settings apart.
+
     python -m bench.pipeline_sweep --set min_encoder_frames=600,800,1000 --set step=0.5,1.0
 """
 
@@ -169,22 +173,21 @@ def offline_texts(model: str, files: list[Path]) -> dict[str, str]:
 
 
 def ratio_bounds(
-    draws: list[tuple[str, str]], utterances: dict[str, list[str]], offline: dict[str, str]
+    draws: list[tuple[str, str]], baseline: list[tuple[str, str]], utterances: dict[str, list[str]]
 ) -> tuple[float, float]:
-    """95% interval of a setting's WER ratio to offline, resampling reference utterances
-    (every draw of an utterance, with --shifts, is one unit with offline's errors on it as
-    many times: the draws share its audio)."""
+    """95% interval of the WER ratio of ``draws`` to ``baseline`` ((stem, joined finals) each,
+    the same files in the same order), resampling reference utterances: every draw of an
+    utterance (--shifts) belongs to one unit, since the draws share its audio."""
     units: dict[tuple[str, int], list[int]] = {}
-    for stem, hypothesis in draws:
+    for (stem, hypothesis), (other, base) in zip(draws, baseline, strict=True):
+        assert stem == other, "draws and baseline must list the same files in the same order"
         pairs = zip(
-            utterance_errors(utterances[stem], hypothesis),
-            utterance_errors(utterances[stem], offline[stem]),
-            strict=True,
+            utterance_errors(utterances[stem], hypothesis), utterance_errors(utterances[stem], base), strict=True
         )
-        for k, (errors, baseline) in enumerate(pairs):
+        for k, (errors, base_errors) in enumerate(pairs):
             unit = units.setdefault((stem, k), [0, 0])
             unit[0] += errors
-            unit[1] += baseline
+            unit[1] += base_errors
     return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()])
 
 
@@ -254,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         "WER differences of a few words between settings are noise unless they hold across draws",
     )
     parser.add_argument(
-        "--offline", action="store_true", help="also the offline WER (cached) and each row's ratio to it"
+        "--offline",
+        action="store_true",
+        help="also the offline WER (cached), each row's ratio to it and the ratio's 95%% interval "
+        "(ratio_low, ratio_high: a paired bootstrap over the reference utterances)",
     )
     parser.add_argument(
         "--profile",
@@ -297,14 +303,21 @@ def main(argv: list[str] | None = None) -> int:
     if profiler:
         profiler.disable()
     refs = references(args.files)
+    utterances = utterance_texts(args.files)
     if args.offline:
         offline_by_file = offline_texts(args.model, args.files)
         offline = corpus_wer([(refs[stem], offline_by_file[stem]) for stem in refs])
         print(f"# offline faster-whisper on the same files (beam 1, VAD filter): WER {offline:.3f}")
-        utterances = utterance_texts(args.files)
         for row, drawn in zip(rows, draws, strict=True):
             row["wer_ratio"] = row["wer"] / offline if offline else float("nan")
-            row["ratio_low"], row["ratio_high"] = ratio_bounds(drawn, utterances, offline_by_file)
+            offline_draws = [(stem, offline_by_file[stem]) for stem, _ in drawn]
+            row["ratio_low"], row["ratio_high"] = ratio_bounds(drawn, offline_draws, utterances)
+    if len(rows) > 1:
+        # Whether a setting beats the first one or only drew other words: the same interval,
+        # paired on the same draws of the same utterances.
+        for row, drawn in zip(rows, draws, strict=True):
+            row["vs_first"] = row["wer"] / rows[0]["wer"] if rows[0]["wer"] else float("nan")
+            row["vs_first_low"], row["vs_first_high"] = ratio_bounds(drawn, draws[0], utterances)
     columns = list(rows[0])
     print("  ".join(f"{c:>16}" for c in columns))
     for row in rows:

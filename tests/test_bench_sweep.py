@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from backends.base import StreamOptions
-from bench.pipeline_sweep import error_list, latencies, simulate
+from bench.pipeline_sweep import error_list, latencies, ratio_bounds, simulate
 from bench.wer import word_errors
 from server.pipeline import StreamingPipeline
 from tests.test_pipeline import LaggingVad, ScriptedDecoder, ramp
@@ -89,3 +91,21 @@ def test_the_error_listing_names_each_word_the_wer_counts():
         len(error_list("Login incorrect. Mailbox?", "Login and correct."))
         == word_errors("Login incorrect. Mailbox?", "Login and correct.").errors
     )
+
+
+def test_ratio_bounds_pair_each_draw_with_the_baselines_draw_of_the_same_file():
+    utterances = {"a": ["Login incorrect.", "Mailbox?"], "b": ["Press star.", "Goodbye!"]}
+    right = {"a": "Login incorrect. Mailbox?", "b": "Press star. Goodbye!"}
+    baseline = [("a", "Login and correct. Mailbox?"), ("b", "Press star. Goodbye!")]
+    # The same errors in the same utterance: 1 whatever is drawn.
+    assert ratio_bounds(list(baseline), baseline, utterances) == (1.0, 1.0)
+    # Two more errors where the baseline has none ("Mail box"): a draw of four utterances
+    # without "Login incorrect" but with "Mailbox" has no finite ratio; one with neither, 1.
+    doubled = [("a", "Login and correct. Mail box?"), ("b", "Press star. Goodbye!")]
+    assert ratio_bounds(doubled, baseline, utterances) == (1.0, math.inf)
+    # Two draws of each file (--shifts 2) pair in order, and the two draws of an utterance are
+    # one unit: 2 errors against 4 wherever it is drawn (as two units: 0/2 and 2/2, so 0.0 too).
+    two = [baseline[0], ("a", right["a"]), baseline[1], baseline[1]]
+    assert ratio_bounds(two, [baseline[0], baseline[0], baseline[1], baseline[1]], utterances) == (0.5, 1.0)
+    with pytest.raises(AssertionError):
+        ratio_bounds(doubled, list(reversed(baseline)), utterances)
