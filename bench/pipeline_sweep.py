@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.encoder_cost import cpu_seconds, yardstick
-from bench.wer import align, corpus_wer, normalize, ratio_interval, utterance_errors
+from bench.wer import align, corpus_wer, normalize, ratio_interval_by_utterance, utterance_errors
 
 DEFAULT_FILES = [
     Path(__file__).resolve().parent.parent / "tests" / "fixtures" / f"{name}.wav" for name in ("en-dev-00", "en-dev-01")
@@ -176,19 +176,15 @@ def ratio_bounds(
     draws: list[tuple[str, str]], baseline: list[tuple[str, str]], utterances: dict[str, list[str]]
 ) -> tuple[float, float]:
     """95% interval of the WER ratio of ``draws`` to ``baseline`` ((stem, joined finals) each,
-    the same files in the same order), resampling reference utterances: every draw of an
-    utterance (--shifts) belongs to one unit, since the draws share its audio."""
-    units: dict[tuple[str, int], list[int]] = {}
-    for (stem, hypothesis), (other, base) in zip(draws, baseline, strict=True):
-        assert stem == other, "draws and baseline must list the same files in the same order"
-        pairs = zip(
-            utterance_errors(utterances[stem], hypothesis), utterance_errors(utterances[stem], base), strict=True
-        )
-        for k, (errors, base_errors) in enumerate(pairs):
-            unit = units.setdefault((stem, k), [0, 0])
-            unit[0] += errors
-            unit[1] += base_errors
-    return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()])
+    the same files in the same order), resampling reference utterances (the --shifts draws of
+    one utterance count once)."""
+
+    def paired(draw: tuple[str, str], base: tuple[str, str]) -> tuple[str, list[int], list[int]]:
+        assert draw[0] == base[0], "draws and baseline must list the same files in the same order"
+        texts = utterances[draw[0]]
+        return draw[0], utterance_errors(texts, draw[1]), utterance_errors(texts, base[1])
+
+    return ratio_interval_by_utterance(paired(d, b) for d, b in zip(draws, baseline, strict=True))
 
 
 def references(files: list[Path]) -> dict[str, str]:

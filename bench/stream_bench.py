@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from bench.encoder_cost import yardstick
-from bench.wer import ErrorCounts, align, normalize, ratio_interval, utterance_errors, word_errors
+from bench.wer import ErrorCounts, align, normalize, ratio_interval_by_utterance, utterance_errors, word_errors
 
 logger = logging.getLogger(__name__)
 
@@ -284,20 +284,13 @@ def session_metrics(record: SessionRecord, stream: StreamFile, offline_text: str
 
 
 def wer_ratio_interval(metrics: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """95% interval of the streaming/offline WER ratio, resampling the reference utterances.
-
-    An utterance streamed by several sessions (``--streams 4``) is one unit, its errors summed
-    over them: the sessions share its audio, so they are not independent draws of speech.
-    """
-    units: dict[tuple[str, int], list[int]] = {}
-    for m in metrics:
-        if not m["speech"] or m.get("offline_utterance_errors") is None:
-            continue
-        for k, pair in enumerate(zip(m["utterance_errors"], m["offline_utterance_errors"], strict=True)):
-            unit = units.setdefault((m["stream_id"], k), [0, 0])
-            unit[0] += pair[0]
-            unit[1] += pair[1]
-    return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()])
+    """95% interval of the streaming/offline WER ratio, resampling the reference utterances
+    (the sessions that streamed one file count once per utterance)."""
+    return ratio_interval_by_utterance(
+        (m["stream_id"], m["utterance_errors"], m["offline_utterance_errors"])
+        for m in metrics
+        if m["speech"] and m.get("offline_utterance_errors") is not None
+    )
 
 
 def summarize(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import math
 import random
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "corpus_wer",
     "normalize",
     "ratio_interval",
+    "ratio_interval_by_utterance",
     "utterance_errors",
     "wer",
     "word_errors",
@@ -365,3 +366,20 @@ def ratio_interval(
     low = ratios[int(tail * (samples - 1))]
     high = ratios[math.ceil((1 - tail) * (samples - 1))]
     return low, high
+
+
+def ratio_interval_by_utterance(
+    draws: Iterable[tuple[str, Sequence[int], Sequence[int]]], **options: float
+) -> tuple[float, float]:
+    """:func:`ratio_interval` over files' utterances: ``draws`` holds (file, errors per
+    utterance, baseline errors per utterance) for each time a file was transcribed. Utterance
+    *k* of one file is one unit however many times it was drawn (sessions of a benchmark, shifted
+    runs of a sweep): the draws share its audio, so they are not independent samples of speech.
+    """
+    units: dict[tuple[str, int], list[int]] = {}
+    for file, errors, baseline in draws:
+        for k, pair in enumerate(zip(errors, baseline, strict=True)):
+            unit = units.setdefault((file, k), [0, 0])
+            unit[0] += pair[0]
+            unit[1] += pair[1]
+    return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()], **options)
