@@ -368,9 +368,7 @@ def ratio_interval(
     return low, high
 
 
-def ratio_interval_by_utterance(
-    draws: Iterable[tuple[str, Sequence[int], Sequence[int]]], **options: float
-) -> tuple[float, float]:
+def ratio_interval_by_utterance(draws: Iterable[tuple[str, Sequence[int], Sequence[int]]]) -> tuple[float, float]:
     """:func:`ratio_interval` over files' utterances: ``draws`` holds (file, errors per
     utterance, baseline errors per utterance) for each time a file was transcribed. Utterance
     *k* of one file is one unit however many times it was drawn (sessions of a benchmark, shifted
@@ -382,4 +380,4 @@ def ratio_interval_by_utterance(
             unit = units.setdefault((file, k), [0, 0])
             unit[0] += pair[0]
             unit[1] += pair[1]
-    return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()], **options)
+    return ratio_interval([e for e, _ in units.values()], [b for _, b in units.values()])
