@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (systemd, docker, kill) takes the same path as Ctrl-C: stop serving, finish
     # the running sessions so their last finals reach the rooms, exit 0.
     raise KeyboardInterrupt
+
+
+def eventlet_terminate(main: Any) -> Callable[[int, object], None]:
+    """The SIGTERM handler under eventlet: interrupt ``main``, the greenlet that serves.
+
+    A signal handler runs in whichever greenlet the main thread is running, often a Socket.IO
+    handler; python-engineio runs handlers under a bare ``except:``, which logged the
+    interrupt as "disconnect handler error" and served on until the process was killed (seen
+    in a test run). So the interrupt is thrown into the serving greenlet instead.
+    """
+
+    def terminate(signum: int, frame: object) -> None:
+        import greenlet
+        from eventlet import hubs
+
+        if greenlet.getcurrent() is main:
+            raise KeyboardInterrupt
+        hubs.get_hub().schedule_call_global(0, main.throw, KeyboardInterrupt())
+
+    return terminate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         # A Python signal handler would run in gevent's hub and print the interrupt as a
         # crash; gevent's own handler runs in a greenlet and stops the server cleanly.
         gevent.signal_handler(signal.SIGTERM, context.socketio.stop)
+    elif config.async_mode == "eventlet":
+        import greenlet
+
+        signal.signal(signal.SIGTERM, eventlet_terminate(greenlet.getcurrent()))
     else:
+        # Threading: the handler runs on the main thread, which serves; handlers run elsewhere.
         signal.signal(signal.SIGTERM, _terminate)
     try:
         context.socketio.run(app, host=config.host, port=config.port, log_output=False, allow_unsafe_werkzeug=True)
