@@ -12,7 +12,9 @@ several streams).
 
 With several settings, each row also gets its WER ratio to the first row's (``vs_first``) and
 that ratio's 95% interval over the reference utterances (``vs_first_low``, ``vs_first_high``):
-an interval that holds 1 means the files cannot tell the two settings apart.
+an interval that holds 1 means the files cannot tell the two settings apart. The interval
+resamples utterances, not runs: identical runs differ by a few words (the simulated clock
+follows the measured decode times), so confirm a winner in another run, with ``--shifts``.
 
     python -m bench.pipeline_sweep --set min_encoder_frames=600,800,1000 --set step=0.5,1.0
 """
