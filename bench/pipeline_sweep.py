@@ -15,8 +15,12 @@ that ratio's 95% interval over the reference utterances (``vs_first_low``, ``vs_
 an interval that holds 1 means the files cannot tell the two settings apart. The interval
 resamples utterances, not runs: identical runs differ by a few words (the simulated clock
 follows the measured decode times), so confirm a winner in another run, with ``--shifts``.
+``--clock model`` removes that spread: each decode then takes the time a cost model fitted on
+this machine gives it (:class:`DecodeCost`), so a run repeats word for word and two settings
+differ only by what they change (the latency columns are then modeled; CPU is still measured).
 
     python -m bench.pipeline_sweep --set min_encoder_frames=600,800,1000 --set step=0.5,1.0
+    python -m bench.pipeline_sweep DIR --offline --clock model --shifts 3 --set end_probe=0.1,0.2
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import sys
 import time
 import wave
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +75,57 @@ def _with(options, path: list[str], value: float):
         return dataclasses.replace(options, **{path[0]: _with(getattr(options, path[0]), path[1:], value)})
     typed = int(value) if field.type in ("int", int) else bool(value) if field.type in ("bool", bool) else value
     return dataclasses.replace(options, **{path[0]: typed})
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """A decode's wall time, modeled: tiny.en int8 on one thread of the 2-core AMD EPYC VM.
+
+    A least-squares fit to 277 decodes of four held-out streams (2026-12-03, yardstick 63-78 ms;
+    mean 195 ms, residual sd 25 ms): the encoder (quadratic in its frames), the alignment
+    (audio), forced prefix tokens (a decoder step each) and generated tokens (characters stand
+    in for tokens). Only relative costs matter for comparing settings: the schedule then
+    depends on the audio and the setting, not on the machine's load.
+    """
+
+    base: float = -0.017
+    per_kframe: float = 0.098  # per 1000 encoder frames
+    per_kframe2: float = 0.022  # per (1000 frames) squared
+    per_audio_second: float = 0.0076
+    per_prefix_char: float = 0.00032
+    per_output_char: float = 0.00076
+
+    def __call__(self, audio_seconds: float, frames: int, prefix_chars: int, output_chars: int) -> float:
+        k = frames / 1000
+        cost = self.base + self.per_kframe * k + self.per_kframe2 * k * k
+        cost += self.per_audio_second * audio_seconds
+        cost += self.per_prefix_char * prefix_chars + self.per_output_char * output_chars
+        return max(0.01, cost)
+
+
+class ModeledBackend:
+    """A decoder whose decodes advance a virtual clock by their modeled cost (``--clock model``);
+    call it for the time. The decodes themselves are real."""
+
+    def __init__(self, backend, cost: DecodeCost | None = None) -> None:
+        self._backend = backend
+        self._cost = cost or DecodeCost()
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def info(self):
+        return self._backend.info()
+
+    def decode(self, audio: np.ndarray, options):
+        result = self._backend.decode(audio, options)
+        content = len(audio) // 160  # 10 ms mel frames
+        frames = max(content, min(3000, options.encoder_frames or 3000))
+        prefix = sum(len(w.text) for w in options.prefix)
+        output = sum(len(w.text) for segment in result.segments for w in segment.words)
+        self.now += self._cost(len(audio) / 16000, frames, prefix, output)
+        return result
 
 
 def simulate(
@@ -122,9 +178,11 @@ def run_one(
     shifts: int = 1,
     texts: dict[str, str] | None = None,
     draws: list[tuple[str, str]] | None = None,
+    clock: str = "measured",
 ) -> dict:
     """One setting's row; ``texts`` (if given) receives each file's joined finals by stem
-    (the first draw's, with --shifts), ``draws`` (if given) every draw's as (stem, finals)."""
+    (the first draw's, with --shifts), ``draws`` (if given) every draw's as (stem, finals);
+    ``clock``: "measured" (decodes take their wall time) or "model" (:class:`DecodeCost`)."""
     from backends.base import Final, StreamOptions
     from bench.stream_bench import percentile
     from server.pipeline import PipelineOptions, StreamingPipeline
@@ -140,8 +198,13 @@ def run_one(
         # Leading silence moves every chunk and VAD boundary: another draw of the same speech.
         audio = np.concatenate([np.zeros(int(shift * SHIFT * 16000), np.float32), read_wav(path)])
         reference = json.loads(path.with_suffix(".json").read_text())
-        pipeline = StreamingPipeline(backend, StreamOptions(language=reference["language"]), options)
-        events = simulate(pipeline, audio, chunk)
+        if clock == "model":
+            decoder = ModeledBackend(backend)
+            pipeline = StreamingPipeline(decoder, StreamOptions(language=reference["language"]), options)
+            events = simulate(pipeline, audio, chunk, clock=decoder)
+        else:
+            pipeline = StreamingPipeline(backend, StreamOptions(language=reference["language"]), options)
+            events = simulate(pipeline, audio, chunk)
         hypothesis = " ".join(e.text for _, e in events if isinstance(e, Final))
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
         if texts is not None and shift == 0:
@@ -255,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         "WER differences of a few words between settings are noise unless they hold across draws",
     )
     parser.add_argument(
+        "--clock",
+        choices=("measured", "model"),
+        default="measured",
+        help="measured: each decode takes its wall time on the simulated clock (runs differ by a few "
+        "words with the machine's speed); model: a cost fitted on this machine (DecodeCost), so a "
+        "run repeats exactly and settings compare without that spread (latency columns modeled)",
+    )
+    parser.add_argument(
         "--offline",
         action="store_true",
         help="also the offline WER (cached), each row's ratio to it and the ratio's 95%% interval "
@@ -287,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# model {args.model}, {args.threads} thread(s), {args.chunk * 1000:.0f} ms chunks, files: "
         + ", ".join(p.stem for p in args.files)
     )
-    print(f"# speed: {yardstick()}")
+    print(f"# speed: {yardstick()}; clock: {args.clock}")
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
@@ -295,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     texts: list[dict[str, str]] = [{} for _ in combos]
     draws: list[list[tuple[str, str]]] = [[] for _ in combos]
     rows = [
-        run_one(backend, args.files, combo, args.chunk, args.shifts, out, drawn)
+        run_one(backend, args.files, combo, args.chunk, args.shifts, out, drawn, args.clock)
         for combo, out, drawn in zip(combos, texts, draws, strict=True)
     ]
     if profiler:

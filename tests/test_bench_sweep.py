@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
+import time
 
 import numpy as np
 import pytest
 
 from backends.base import StreamOptions
-from bench.pipeline_sweep import error_list, latencies, ratio_bounds, simulate
+from bench.pipeline_sweep import DecodeCost, ModeledBackend, error_list, latencies, ratio_bounds, simulate
 from bench.wer import word_errors
 from server.pipeline import StreamingPipeline
 from tests.test_pipeline import LaggingVad, ScriptedDecoder, ramp
@@ -109,3 +111,32 @@ def test_ratio_bounds_pair_each_draw_with_the_baselines_draw_of_the_same_file():
     assert ratio_bounds(two, [baseline[0], baseline[0], baseline[1], baseline[1]], utterances) == (0.5, 1.0)
     with pytest.raises(AssertionError):
         ratio_bounds(doubled, list(reversed(baseline)), utterances)
+
+
+class JitteryDecoder(ScriptedDecoder):
+    """Takes a random few milliseconds of real time per decode, as a loaded machine does."""
+
+    def decode(self, audio, options):
+        time.sleep(random.uniform(0.0, 0.005))
+        return super().decode(audio, options)
+
+
+def test_the_cost_model_grows_with_the_encoder_input_the_prefix_and_the_output():
+    cost = DecodeCost()
+    short = cost(audio_seconds=2.0, frames=1000, prefix_chars=0, output_chars=20)
+    assert 0.1 < short < 0.3  # a 2 s window: about what it takes on one thread here
+    assert cost(2.0, 2000, 0, 20) > 2 * short  # the encoder is quadratic in its frames
+    assert cost(2.0, 1000, 100, 20) > short and cost(2.0, 1000, 0, 120) > short
+    assert DecodeCost(base=-1.0)(1.0, 100, 0, 0) == 0.01  # never free, never negative
+
+
+def test_a_modeled_clock_repeats_a_run_exactly_whatever_the_decodes_take():
+    runs = []
+    for _ in range(2):
+        decoder = ModeledBackend(JitteryDecoder())
+        pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad([(1.0, 4.0), (5.0, 7.5)]))
+        runs.append(simulate(pipeline, ramp(9.0), 0.1, clock=decoder))
+    assert runs[0] == runs[1]
+    # Each decode moved the clock by its modeled cost (a 1000-frame encoder input: over 0.1 s),
+    # not by the few milliseconds it really took.
+    assert pipeline.decodes >= 4 and decoder.now > 0.1 * pipeline.decodes
