@@ -179,6 +179,17 @@ def describe_device(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def _after_key_chars(text: str, count: int) -> str:
+    """``text`` after its first ``count`` characters that :func:`word_key` keeps; "" if no
+    such character follows ("touch" forced, " touchtone" decoded: "tone")."""
+    seen = 0
+    for i, char in enumerate(text):
+        if seen >= count and word_key(text[i:]):
+            return text[i:]
+        seen += bool(word_key(char))
+    return ""
+
+
 class LocalBackend(DecoderBackend):
     """faster-whisper, loaded once and shared; decodes are thread-safe."""
 
@@ -388,10 +399,15 @@ class LocalBackend(DecoderBackend):
             kept = []
             for w in raw.get("words", ()):
                 if skip > 0:
+                    rest = _after_key_chars(w["word"], skip)
                     skip -= len(word_key(w["word"]))
+                    if rest:
+                        # The decoder went on with the last forced word ("touch" + "tone":
+                        # " touchtone"): its continuation is new speech, not prefix.
+                        kept.append({**w, "word": rest})
                     continue
                 kept.append(w)
-            if len(kept) < len(raw.get("words", ())):
+            if kept != list(raw.get("words", ())):
                 text = "".join(w["word"] for w in kept)
                 if not kept:
                     continue

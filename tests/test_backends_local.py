@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import DecodeOptions
-from backends.local import MAX_TOKENS_PER_SECOND, MIN_NEW_TOKENS, encoder_frames_for
-from bench.wer import wer
+from backends.base import DecodeOptions, word_key
+from backends.local import MAX_TOKENS_PER_SECOND, MIN_NEW_TOKENS, _after_key_chars, encoder_frames_for
+from bench.wer import normalize, wer
 from server.agreement import drop_repetitions
 from tests.conftest import Fixture
 
@@ -49,6 +50,34 @@ def test_a_forced_prefix_gives_context_and_only_the_new_words_come_back(local_ba
     words = [w for s in result.segments for w in s.words]
     assert wer(after_text, " ".join(w.text for w in words)) < 0.25  # nothing of the prefix again
     assert words[0].start >= lead - 0.3  # timed in the second utterance's audio
+
+
+def test_the_rest_of_a_word_after_its_forced_start():
+    assert _after_key_chars(" touchtone", 5) == "tone"
+    assert _after_key_chars(" non-administrator", 3) == "-administrator"
+    assert _after_key_chars(" it's", 2) == "'s"
+    assert _after_key_chars(" touch.", 5) == ""  # punctuation alone is no new word
+    assert _after_key_chars(" touch", 5) == ""
+
+
+def test_a_word_that_goes_on_from_the_forced_prefix_keeps_its_new_part(local_backend, en00: Fixture):
+    # "... using your touchtone keypad": forced through "Using your touch" (as the pipeline
+    # forces what it committed), tiny.en goes on with the same word, " touchtone". Its new
+    # part is speech: dropping the word with the prefix once lost "tone" from every final.
+    u = en00.reference["utterances"][6]
+    assert "touchtone keypad" in u["text"]
+    audio = en00.audio[int((u["start"] - 0.64) * SR) : int((u["start"] + 4.06) * SR)]
+    options = DecodeOptions(language="en", encoder_frames=encoder_frames_for(len(audio)))
+    said = [w for s in local_backend.decode(audio, options).segments for w in s.words]
+    touch = next(i for i, w in enumerate(said) if word_key(w.text).startswith("touch"))
+    prefix = (*said[:touch], dataclasses.replace(said[touch], text=" touch"))
+    result = local_backend.decode(audio, dataclasses.replace(options, prefix=prefix))
+    new = [w for s in result.segments for w in s.words]
+    # Prefix and new words hold the reference's words up to "keypad" (the rest of a word
+    # joins it without a space; a compound may come in two).
+    written = "".join(normalize("".join(w.text for w in (*prefix, *new))))
+    assert written.startswith("".join(normalize("using your touchtone keypad"))), written
+    assert word_key(new[0].text) == "tone"
 
 
 def test_a_prefix_covering_all_the_speech_leaves_nothing_new(local_backend, en00: Fixture):
