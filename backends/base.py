@@ -155,6 +155,9 @@ class Final:
     start: float
     end: float
     words: tuple[Word, ...] = ()
+    # The text goes on with the previous final's last word (Whisper wrote "touch" and, once
+    # that was committed, "touchtone"): join the two without a space.
+    joins_previous: bool = False
 
 
 @dataclass(frozen=True)

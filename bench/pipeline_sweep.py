@@ -186,6 +186,7 @@ def run_one(
     from backends.base import Final, StreamOptions
     from bench.stream_bench import percentile
     from server.pipeline import PipelineOptions, StreamingPipeline
+    from server.protocol import join_finals
 
     options = PipelineOptions()
     for name, value in overrides.items():
@@ -205,7 +206,7 @@ def run_one(
         else:
             pipeline = StreamingPipeline(backend, StreamOptions(language=reference["language"]), options)
             events = simulate(pipeline, audio, chunk)
-        hypothesis = " ".join(e.text for _, e in events if isinstance(e, Final))
+        hypothesis = join_finals((e.text, e.joins_previous) for _, e in events if isinstance(e, Final))
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
         if texts is not None and shift == 0:
             texts[path.stem] = hypothesis

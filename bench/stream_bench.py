@@ -224,7 +224,10 @@ def first_partial_latencies(record: SessionRecord, utterances: Sequence[Utteranc
 
 
 def hypothesis_text(record: SessionRecord) -> str:
-    return " ".join(f.get("text", "").strip() for _, f in record.finals).strip()
+    """The finals joined as the protocol says (a word's rest joins it without a space)."""
+    from server.protocol import join_finals
+
+    return join_finals((f.get("text", ""), bool(f.get("joins_previous"))) for _, f in record.finals)
 
 
 def never_finalised(reference: str, hypothesis: str, language: str = "en") -> tuple[int, int]:

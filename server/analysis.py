@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from backends.base import Final, Segment, Word
+from server.protocol import join_finals
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def analyze(
     VAD began to run (a session that failed over from the cloud); word times stand in before.
     """
     texts, timed = _collect(items)
-    transcript = " ".join(t.strip() for t in texts if t.strip())
+    transcript = join_finals(texts)
     tokens = tokenize(transcript)
 
     vad = _merge(_clip(speech_spans, duration), 0.0)
@@ -128,17 +129,18 @@ def count_fillers(tokens: Sequence[str], language: str | None) -> dict[str, int]
     return counts
 
 
-def _collect(items: Iterable[TranscriptItem]) -> tuple[list[str], list[tuple[float, float]]]:
-    texts: list[str] = []
+def _collect(items: Iterable[TranscriptItem]) -> tuple[list[tuple[str, bool]], list[tuple[float, float]]]:
+    """Each item's (text, joins the previous one) and the times of its words."""
+    texts: list[tuple[str, bool]] = []
     timed: list[tuple[float, float]] = []
     for item in items:
         if isinstance(item, str):
-            texts.append(item)
+            texts.append((item, False))
         elif isinstance(item, Word):
-            texts.append(item.text)
+            texts.append((item.text, False))
             timed.append((item.start, item.end))
         else:  # Final or Segment
-            texts.append(item.text)
+            texts.append((item.text, isinstance(item, Final) and item.joins_previous))
             if item.words:
                 timed.extend((w.start, w.end) for w in item.words)
             elif item.end > item.start:

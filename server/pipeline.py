@@ -34,7 +34,7 @@ from backends.base import (
     word_key,
 )
 from backends.local import encoder_frames_for
-from server.agreement import LocalAgreement, drop_repetitions
+from server.agreement import LocalAgreement, continues, drop_repetitions
 from server.vad import VadOptions, VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
@@ -444,12 +444,13 @@ class StreamingPipeline(Stream):
     def _emit(self, committed: list[Word]) -> list[Event]:
         events: list[Event] = []
         if committed:
+            # Only within an utterance: a pause between two words makes them two words.
+            joins = bool(self._window_words) and continues(self._window_words[-1], committed[0])
             self._history.extend(committed)
             self._window_words.extend(committed)
             self._committed_until = committed[-1].end
-            events.append(
-                Final(text=_text(committed), start=committed[0].start, end=committed[-1].end, words=tuple(committed))
-            )
+            text, start, end = _text(committed), committed[0].start, committed[-1].end
+            events.append(Final(text=text, start=start, end=end, words=tuple(committed), joins_previous=joins))
         pending = self._agreement.pending
         text = _text(pending)
         if text != self._partial:

@@ -6,7 +6,7 @@ docs/PROTOCOL.md is the contract; this module is its code. Nothing here touches 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from backends.base import TASKS, Final, LanguageDetected, Partial
@@ -84,6 +84,7 @@ def final_payload(session_id: str, segment_id: int, event: Final, offset: float)
         "session_id": session_id,
         "segment_id": segment_id,
         "text": event.text,
+        "joins_previous": event.joins_previous,
         "start": round(event.start + offset, 3),
         "end": round(event.end + offset, 3),
         "words": [
@@ -100,3 +101,14 @@ def final_payload(session_id: str, segment_id: int, event: Final, offset: float)
 
 def language_payload(session_id: str, event: LanguageDetected) -> dict:
     return {"session_id": session_id, "language": event.language, "probability": round(event.probability, 3)}
+
+
+def join_finals(finals: Iterable[tuple[str, bool]]) -> str:
+    """A transcript from finals' ``(text, joins_previous)``: a space between two finals, none
+    before one that goes on with the previous one's last word."""
+    transcript = ""
+    for text, joins in finals:
+        text = text.strip()
+        if text:
+            transcript += text if joins or not transcript else " " + text
+    return transcript

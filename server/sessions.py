@@ -46,7 +46,7 @@ from server.audio import AudioFormat, Resampler, decode_pcm
 from server.config import Config
 from server.logs import SESSION, in_session
 from server.pipeline import StreamingPipeline
-from server.protocol import final_payload, language_payload, parse_start, partial_payload
+from server.protocol import final_payload, join_finals, language_payload, parse_start, partial_payload
 from server.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Session:
     next_segment: int = 0
     last_final_start: float = 0.0
     language: str | None = None
-    finals: list[str] = field(default_factory=list)
+    finals: list[tuple[str, bool]] = field(default_factory=list)  # (text, joins_previous)
     speech: list[tuple[float, float]] = field(default_factory=list)
     # failover buffer: session audio from ``retained_from`` (samples) on
     retained: list[np.ndarray] = field(default_factory=list)
@@ -101,7 +101,7 @@ class Session:
 
     @property
     def transcript(self) -> str:
-        return " ".join(t for t in self.finals if t)
+        return join_finals(self.finals)
 
 
 class SessionManager:
@@ -508,7 +508,7 @@ class SessionManager:
                 payload["end"] = max(payload["end"], payload["start"])
                 session.last_final_start = payload["start"]
                 session.next_segment += 1
-                session.finals.append(event.text)
+                session.finals.append((event.text, event.joins_previous))
                 self.emit("final", payload, session.room)
             elif isinstance(event, Partial):
                 self.emit("partial", partial_payload(session.id, event, session.offset), session.room)

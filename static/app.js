@@ -401,7 +401,7 @@ function renderFinal({ segment, line, newLine }) {
     el.finals.append(row);
   }
   const text = row.querySelector(".line-text");
-  if (text.childNodes.length) text.append(" ");
+  if (text.childNodes.length && !segment.joinsPrevious) text.append(" ");
   text.append(span);
   setTimeout(() => span.classList.remove("is-new"), 700);
 }

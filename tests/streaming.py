@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from server.protocol import join_finals
+
 CHUNK_BYTES = 3200  # 100 ms of 16 kHz s16
 BYTES_PER_SECOND = 32000  # 16 kHz s16
 
@@ -80,7 +82,7 @@ def wait_for_words_ending_after(client: Any, seconds: float, timeout: float = 20
 
 
 def finals_text(finals: list[dict]) -> str:
-    return " ".join(f["text"] for f in finals)
+    return join_finals((f["text"], f.get("joins_previous", False)) for f in finals)
 
 
 def assert_finals_well_formed(finals: list[dict]) -> None:

@@ -38,6 +38,13 @@ def test_known_words_and_pauses(en00: Fixture):
     assert stricter["pauses"]["count"] == 2 and stricter["pauses"]["longest"] == 1.907
 
 
+def test_a_final_that_goes_on_with_a_word_joins_it():
+    finals = [Final("Using your touch", 0.0, 1.0), Final("tone keypad.", 1.0, 2.0, joins_previous=True)]
+    result = analyze(finals, [(0.0, 2.0)], 2.0, "en")
+    assert result["transcript"] == "Using your touchtone keypad."
+    assert result["words"] == 4
+
+
 def test_whole_fixture_pauses_match_the_reference(en00: Fixture):
     spans = reference_spans(en00)
     gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]

@@ -240,6 +240,23 @@ def test_transcript_exports_are_well_formed(module_page):
     assert exports["partial"] is None  # ending a session clears its partial
 
 
+def test_a_final_that_goes_on_with_a_word_joins_its_line_without_a_space(module_page):
+    lines = module_page.evaluate(
+        """async () => {
+          const { Transcript, LINE_MAX_CHARS } = await import('/static/lib/transcript.js');
+          const t = new Transcript();
+          const rest = {joins_previous: true};
+          t.addFinal({session_id: 'a', segment_id: 0, text: 'Using your touch', start: 0.5, end: 1.0});
+          t.addFinal({...rest, session_id: 'a', segment_id: 1, text: 'tone keypad.', start: 1.0, end: 1.6});
+          // Even past a line's limits: the rest of a word stays with it.
+          t.addFinal({session_id: 'a', segment_id: 2, text: 'x'.repeat(LINE_MAX_CHARS), start: 1.7, end: 2.0});
+          t.addFinal({...rest, session_id: 'a', segment_id: 3, text: 'y', start: 2.0, end: 2.1});
+          return t.lines.map((l) => l.text);
+        }"""
+    )
+    assert lines == ["Using your touchtone keypad.", "x" * 84 + "y"]
+
+
 # --- the page against a scripted server (fake Socket.IO client) -----------------------------
 
 LOCAL_TINY_EN = {
@@ -386,6 +403,11 @@ def test_own_session_sends_100ms_int16_chunks_and_locks_settings(fake_page):
     assert page.inner_text("#finals").endswith("Bonjour à tous.")
     assert page.inner_text("#finals time") == "0:00"
     assert page.input_value("#watch-link").endswith("/static/index.html?room=s1")
+    # The rest of a word ("joins_previous") is shown against it, without a space.
+    fire(page, "final", {"session_id": "s1", "segment_id": 1, "text": "Touch", "start": 0.9, "end": 1.2})
+    final = {"session_id": "s1", "segment_id": 2, "text": "tone keypad", "start": 1.2, "end": 1.6}
+    fire(page, "final", {**final, "joins_previous": True})
+    assert page.inner_text("#finals").endswith("Touchtone keypad")
 
     page.click("#stop-btn")
     page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")

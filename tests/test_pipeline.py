@@ -22,6 +22,7 @@ from backends.base import (
 )
 from bench.wer import wer, word_errors
 from server.pipeline import PipelineOptions, StreamingPipeline
+from server.protocol import join_finals
 from server.vad import VadEvent
 from tests.conftest import Fixture
 
@@ -655,3 +656,33 @@ def test_max_decoded_shrinks_the_context_as_the_window_grows():
     # ... but a short window still gets most of the 4 s of context.
     assert any(lead > 3.0 for window, lead in decoded if window < 2.0)
     assert any(lead < 2.0 for window, lead in decoded if window > 3.0)
+
+
+class CompoundDecoder(ScriptedDecoder):
+    """Says " touch tone keypad" at 0.6-1.0, 1.0-1.4, 1.4-2.0 s of the stream, "tone" unsure;
+    once " touch" is forced as its prefix, it goes on with that word: "tone" without a space,
+    as tiny.en wrote " touchtone" after a committed " touch" (the backend keeps its rest)."""
+
+    SAID = ((" touch", 0.6, 1.0, 0.9), (" tone", 1.0, 1.4, 0.05), (" keypad", 1.4, 2.0, 0.9))
+
+    def decode(self, audio: np.ndarray, options: DecodeOptions) -> DecodeResult:
+        self.options.append(options)
+        offset = float(np.rint(audio[0] / RAMP)) / 16000  # one utterance: no context pieces
+        said = list(self.SAID)
+        if options.prefix:
+            said = [("tone", 1.0, 1.4, 0.9), *said[2:]][len(options.prefix) - 1 :]
+        end = offset + len(audio) / 16000
+        words = tuple(Word(t, a - offset, b - offset, p) for t, a, b, p in said if b <= end)
+        segment = Segment(text="".join(w.text for w in words), start=0.0, end=end - offset, words=words)
+        return DecodeResult(segments=(segment,), language="en", language_probability=1.0, duration=end - offset)
+
+
+def test_the_rest_of_a_committed_word_is_final_joined_to_it():
+    decoder = CompoundDecoder()
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad([(0.5, 3.0)]))
+    events = [e for e in run(pipeline, ramp(4.0)) if isinstance(e, Final)]
+    # " touch" is agreed and committed; "tone" waits (unsure); the pause decode, forced
+    # through " touch", writes "tone" as the rest of that word.
+    assert [(e.text, e.joins_previous) for e in events] == [("touch", False), ("tone keypad", True)]
+    assert [o.prefix[-1].text for o in decoder.options if o.prefix] == [" touch"]
+    assert join_finals((e.text, e.joins_previous) for e in events) == "touchtone keypad"

@@ -53,7 +53,7 @@ export class Transcript {
 
   /** Forget everything (segments, partial and session offsets). */
   clear() {
-    /** @type {{sessionId: string, segmentId: number, text: string, start: number, end: number}[]} */
+    /** @type {{sessionId: string, segmentId: number, text: string, joinsPrevious: boolean, start: number, end: number}[]} */
     this.segments = [];
     /** @type {{start: number, end: number, sessionId: string, segments: object[], text: string}[]} */
     this.lines = [];
@@ -79,6 +79,8 @@ export class Transcript {
       sessionId: payload.session_id,
       segmentId: payload.segment_id,
       text: (payload.text || "").replace(/\s+/g, " ").trim(),
+      // The text goes on with the previous final's last word ("touch" + "tone"): no space.
+      joinsPrevious: Boolean(payload.joins_previous),
       start: offset + Number(payload.start || 0),
       end: offset + Number(payload.end || 0),
     };
@@ -88,7 +90,7 @@ export class Transcript {
     const last = this.lines[this.lines.length - 1];
     if (last && continuesLine(last, segment)) {
       last.segments.push(segment);
-      last.text = `${last.text} ${segment.text}`;
+      last.text = segment.joinsPrevious ? last.text + segment.text : `${last.text} ${segment.text}`;
       last.end = Math.max(last.end, segment.end);
       return { segment, line: last, newLine: false };
     }
@@ -159,6 +161,8 @@ export class Transcript {
 
 /** Whether a final continues the current caption line rather than starting a new one. */
 function continuesLine(line, segment) {
+  // The rest of a word stays with it, whatever the line's length.
+  if (segment.joinsPrevious && segment.sessionId === line.sessionId) return true;
   return (
     segment.sessionId === line.sessionId &&
     !SENTENCE_END.test(line.text) &&
