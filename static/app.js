@@ -390,6 +390,7 @@ function renderFinal({ segment, line, newLine }) {
   span.dataset.segmentId = String(segment.segmentId);
   span.dataset.start = segment.start.toFixed(3);
   span.dataset.end = segment.end.toFixed(3);
+  if (segment.joinsPrevious) span.dataset.joinsPrevious = "true";
   span.textContent = segment.text;
   let row = el.finals.lastElementChild;
   if (newLine || !row) {

@@ -32,6 +32,7 @@ from tests.browser_helpers import (
     static_server,
     sync_playwright,
 )
+from tests.streaming import finals_text
 
 srt = pytest.importorskip("srt", reason="the 'srt' package (requirements-dev.txt) parses the .srt download")
 
@@ -408,6 +409,7 @@ def test_own_session_sends_100ms_int16_chunks_and_locks_settings(fake_page):
     final = {"session_id": "s1", "segment_id": 2, "text": "tone keypad", "start": 1.2, "end": 1.6}
     fire(page, "final", {**final, "joins_previous": True})
     assert page.inner_text("#finals").endswith("Touchtone keypad")
+    assert finals_text(page_finals(page)) == "Bonjour à tous. Touchtone keypad"
 
     page.click("#stop-btn")
     page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")
@@ -591,7 +593,8 @@ def rgb(css: str) -> tuple[int, ...]:
 def page_finals(page) -> list[dict]:
     return page.eval_on_selector_all(
         "#finals .final-text",
-        "els => els.map(e => ({id: Number(e.dataset.segmentId), text: e.textContent}))",
+        "els => els.map(e => ({id: Number(e.dataset.segmentId), text: e.textContent, "
+        "joins_previous: e.dataset.joinsPrevious === 'true'}))",
     )
 
 
@@ -655,7 +658,7 @@ def test_live_captions_from_the_microphone_end_to_end(launch, server_url, tmp_pa
 
     # Finals match the reference.
     finals = page_finals(page)
-    hypothesis = " ".join(f["text"] for f in finals)
+    hypothesis = finals_text(finals)
     error_rate = wer(reference, hypothesis)
     print(f"WER {error_rate:.3f} over {len(finals)} finals; hypothesis: {hypothesis}")
     assert finals, f"no finals on the page; console: {console[-20:]}"
@@ -692,7 +695,7 @@ def test_live_captions_from_the_microphone_end_to_end(launch, server_url, tmp_pa
     cues = list(srt.parse(srt_text))
     assert [c.index for c in cues] == list(range(1, len(cues) + 1))
     # Cues are caption lines: finals grouped in order, nothing lost or repeated.
-    assert " ".join(c.content for c in cues) == " ".join(f["text"] for f in finals if f["text"])
+    assert " ".join(c.content for c in cues) == hypothesis
     assert 0 < len(cues) <= len(finals)
     assert all(c.start <= c.end for c in cues)
     assert all(a.start <= b.start for a, b in itertools.pairwise(cues))

@@ -38,7 +38,7 @@ def run(pipeline: StreamingPipeline, audio: np.ndarray, chunk_seconds: float = 0
 
 
 def finals(events: list) -> str:
-    return " ".join(e.text for e in events if isinstance(e, Final))
+    return join_finals((e.text, e.joins_previous) for e in events if isinstance(e, Final))
 
 
 @pytest.mark.parametrize("name", ["en00", "en01"])
