@@ -119,9 +119,11 @@ class ModeledBackend:
         return self._backend.info()
 
     def decode(self, audio: np.ndarray, options):
+        from backends.local import FULL_FRAMES
+
         result = self._backend.decode(audio, options)
-        content = len(audio) // 160  # 10 ms mel frames
-        frames = max(content, min(3000, options.encoder_frames or 3000))
+        # The encoder input as the backend pads it: at least the audio's 10 ms frames.
+        frames = max(len(audio) // 160, min(FULL_FRAMES, options.encoder_frames or FULL_FRAMES))
         prefix = sum(len(w.text) for w in options.prefix)
         output = sum(len(w.text) for segment in result.segments for w in segment.words)
         self.now += self._cost(len(audio) / 16000, frames, prefix, output)
