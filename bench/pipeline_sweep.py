@@ -81,11 +81,15 @@ def _with(options, path: list[str], value: float):
 class DecodeCost:
     """A decode's wall time, modeled: tiny.en int8 on one thread of the 2-core AMD EPYC VM.
 
-    A least-squares fit to 277 decodes of four held-out streams (2026-12-03, yardstick 63-78 ms;
-    mean 195 ms, residual sd 25 ms): the encoder (quadratic in its frames), the alignment
+    A least-squares fit (``--fit-cost``) to 277 decodes of four held-out streams (2026-12-03,
+    yardstick 63-78 ms; mean 195 ms, residual sd 25 ms): the encoder (quadratic in its frames), the alignment
     (audio), forced prefix tokens (a decoder step each) and generated tokens (characters stand
     in for tokens). Only relative costs matter for comparing settings: the schedule then
-    depends on the audio and the setting, not on the machine's load.
+    depends on the audio and the setting, not on the machine's load. A refit an hour later
+    (``python -m bench.pipeline_sweep DIR/en-heldout-0[0-3].wav --fit-cost``): mean 206 ms,
+    residual 22 ms, the two frame terms traded against each other (most decodes pad to
+    1000-1400 frames, where they are nearly collinear); these coefficients stay, so that runs
+    stay comparable.
     """
 
     base: float = -0.017
@@ -103,14 +107,27 @@ class DecodeCost:
         return max(0.01, cost)
 
 
+def fit_cost(samples: list[tuple[float, int, int, int, float]]) -> tuple[DecodeCost, float]:
+    """Least squares of measured decode times on :class:`DecodeCost`'s terms; ``samples``:
+    (audio seconds, encoder frames, prefix characters, output characters, seconds) per decode.
+    Returns the model and the residuals' standard deviation."""
+    audio, frames, prefix, output, elapsed = np.array(samples, dtype=float).T
+    k = frames / 1000
+    terms = np.column_stack([np.ones_like(k), k, k * k, audio, prefix, output])
+    coef, *_ = np.linalg.lstsq(terms, elapsed, rcond=None)
+    return DecodeCost(*(float(c) for c in coef)), float(np.std(elapsed - terms @ coef))
+
+
 class ModeledBackend:
     """A decoder whose decodes advance a virtual clock by their modeled cost (``--clock model``);
-    call it for the time. The decodes themselves are real."""
+    call it for the time. The decodes themselves are real, and ``samples`` keeps each one's
+    terms and wall time (for :func:`fit_cost`)."""
 
     def __init__(self, backend, cost: DecodeCost | None = None) -> None:
         self._backend = backend
         self._cost = cost or DecodeCost()
         self.now = 0.0
+        self.samples: list[tuple[float, int, int, int, float]] = []
 
     def __call__(self) -> float:
         return self.now
@@ -121,12 +138,15 @@ class ModeledBackend:
     def decode(self, audio: np.ndarray, options):
         from backends.local import FULL_FRAMES
 
+        started = time.perf_counter()
         result = self._backend.decode(audio, options)
+        elapsed = time.perf_counter() - started
         # The encoder input as the backend pads it: at least the audio's 10 ms frames.
         frames = max(len(audio) // 160, min(FULL_FRAMES, options.encoder_frames or FULL_FRAMES))
         prefix = sum(len(w.text) for w in options.prefix)
         output = sum(len(w.text) for segment in result.segments for w in segment.words)
         self.now += self._cost(len(audio) / 16000, frames, prefix, output)
+        self.samples.append((len(audio) / 16000, frames, prefix, output, elapsed))
         return result
 
 
@@ -302,6 +322,22 @@ def _short(arg: str) -> str:
     return f"~/{path.relative_to(Path.home())}" if path.is_relative_to(Path.home()) else arg
 
 
+def print_fit(backend, files: list[Path], chunk: float) -> int:
+    """``--fit-cost``: fit :class:`DecodeCost` to this machine's decodes of ``files``."""
+    from backends.base import StreamOptions
+    from server.pipeline import StreamingPipeline
+
+    decoder = ModeledBackend(backend)
+    for path in files:
+        language = json.loads(path.with_suffix(".json").read_text())["language"]
+        simulate(StreamingPipeline(decoder, StreamOptions(language=language)), read_wav(path), chunk, clock=decoder)
+    cost, residual = fit_cost(decoder.samples)
+    mean = sum(s[-1] for s in decoder.samples) / len(decoder.samples)
+    print(f"# {len(decoder.samples)} decodes, mean {mean * 1000:.0f} ms, residual sd {residual * 1000:.0f} ms")
+    print(cost)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline_sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -327,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         help="measured: each decode takes its wall time on the simulated clock (runs differ by a few "
         "words with the machine's speed); model: a cost fitted on this machine (DecodeCost), so a "
         "run repeats exactly and settings compare without that spread (latency columns modeled)",
+    )
+    parser.add_argument(
+        "--fit-cost",
+        action="store_true",
+        help="instead of a sweep: run the default settings over the files, time every decode and "
+        "print the least-squares DecodeCost for --clock model on this machine",
     )
     parser.add_argument(
         "--offline",
@@ -362,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(p.stem for p in args.files)
     )
     print(f"# speed: {yardstick()}; clock: {args.clock}")
+    if args.fit_cost:
+        return print_fit(backend, args.files, args.chunk)
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from backends.base import StreamOptions
-from bench.pipeline_sweep import DecodeCost, ModeledBackend, error_list, latencies, ratio_bounds, simulate
+from bench.pipeline_sweep import (
+    DecodeCost,
+    ModeledBackend,
+    error_list,
+    fit_cost,
+    latencies,
+    ratio_bounds,
+    simulate,
+)
 from bench.wer import word_errors
 from server.pipeline import StreamingPipeline
 from tests.test_pipeline import LaggingVad, ScriptedDecoder, ramp
@@ -140,3 +148,17 @@ def test_a_modeled_clock_repeats_a_run_exactly_whatever_the_decodes_take():
     # Each decode moved the clock by its modeled cost (a 1000-frame encoder input: over 0.1 s),
     # not by the few milliseconds it really took.
     assert pipeline.decodes >= 4 and decoder.now > 0.1 * pipeline.decodes
+
+
+def test_fit_cost_finds_the_model_behind_measured_decode_times():
+    true = DecodeCost(base=0.02, per_kframe=0.1, per_kframe2=0.03, per_audio_second=0.01)
+    rng = random.Random(0)
+    samples = []
+    for _ in range(200):
+        audio, frames = rng.uniform(0.5, 8.0), rng.choice((1000, 1200, 1400, 2000, 3000))
+        prefix, output = rng.randrange(0, 200), rng.randrange(0, 120)
+        samples.append((audio, frames, prefix, output, true(audio, frames, prefix, output)))
+    fitted, residual = fit_cost(samples)
+    assert residual < 1e-9
+    for name in ("base", "per_kframe", "per_kframe2", "per_audio_second", "per_prefix_char", "per_output_char"):
+        assert getattr(fitted, name) == pytest.approx(getattr(true, name), abs=1e-9)
