@@ -221,13 +221,9 @@ def run_one(
         # Leading silence moves every chunk and VAD boundary: another draw of the same speech.
         audio = np.concatenate([np.zeros(int(shift * SHIFT * 16000), np.float32), read_wav(path)])
         reference = json.loads(path.with_suffix(".json").read_text())
-        if clock == "model":
-            decoder = ModeledBackend(backend)
-            pipeline = StreamingPipeline(decoder, StreamOptions(language=reference["language"]), options)
-            events = simulate(pipeline, audio, chunk, clock=decoder)
-        else:
-            pipeline = StreamingPipeline(backend, StreamOptions(language=reference["language"]), options)
-            events = simulate(pipeline, audio, chunk)
+        decoder = ModeledBackend(backend) if clock == "model" else backend
+        pipeline = StreamingPipeline(decoder, StreamOptions(language=reference["language"]), options)
+        events = simulate(pipeline, audio, chunk, clock=decoder if clock == "model" else time.perf_counter)
         hypothesis = join_finals((e.text, e.joins_previous) for _, e in events if isinstance(e, Final))
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
         if texts is not None and shift == 0:
