@@ -695,8 +695,14 @@ class CloudStream(Stream):
 
     def _on_final(self, message: dict[str, Any]) -> None:
         metadata = message.get("metadata") or {}
-        words = self._words(message.get("results") or [])
-        text = str(metadata.get("transcript") or "").strip() or "".join(w.text for w in words).strip()
+        words, joins = self._words(message.get("results") or [])
+        if joins:
+            # The service finalised a word and its punctuation apart (a forced end of
+            # utterance fell between them): metadata.transcript would read ". Hello", so the
+            # text is built from the words and marked to join the previous final.
+            text = "".join(w.text for w in words).strip()
+        else:
+            text = str(metadata.get("transcript") or "").strip() or "".join(w.text for w in words).strip()
         start = float(metadata.get("start_time", words[0].start if words else 0.0))
         end = max([float(metadata.get("end_time", 0.0))] + [w.end for w in words])
         if not text:
@@ -704,16 +710,18 @@ class CloudStream(Stream):
             return
         if words:
             start = min(start, words[0].start)
-        self._push(Final(text=text, start=start, end=end, words=tuple(words)), end)
+        self._push(Final(text=text, start=start, end=end, words=tuple(words), joins_previous=joins), end)
         self._push(SpeechActivity(start=start, end=end))
         if self._partial:
             self._partial = ""
             self._push(Partial(text="", start=end, end=end))
 
-    def _words(self, results: list[dict[str, Any]]) -> list[Word]:
-        """Words as Whisper shapes them: the delimiter in front, punctuation attached."""
+    def _words(self, results: list[dict[str, Any]]) -> tuple[list[Word], bool]:
+        """Words as Whisper shapes them (the delimiter in front, punctuation attached), and
+        whether the first attaches to the previous transcript's last word."""
         words: list[Word] = []
         prefix = ""
+        joins = False
         for result in results:
             alternatives = result.get("alternatives") or []
             if not alternatives:
@@ -721,10 +729,20 @@ class CloudStream(Stream):
             best = alternatives[0]
             content = str(best.get("content", ""))
             if result.get("type") == "punctuation":
-                if result.get("attaches_to", "previous") in ("previous", "both") and words:
-                    words[-1] = replace(words[-1], text=words[-1].text + content)
-                else:
-                    prefix += content
+                if result.get("attaches_to", "previous") in ("previous", "both"):
+                    if words:
+                        words[-1] = replace(words[-1], text=words[-1].text + content)
+                        continue
+                    if not prefix:
+                        # Punctuation that closes a word finalised in an earlier transcript:
+                        # its own word, with no delimiter, joined to that one.
+                        time = float(result.get("start_time", 0.0))
+                        words.append(
+                            Word(text=content, start=time, end=float(result.get("end_time", time)), probability=1.0)
+                        )
+                        joins = True
+                        continue
+                prefix += content
                 continue
             words.append(
                 Word(
@@ -735,7 +753,7 @@ class CloudStream(Stream):
                 )
             )
             prefix = ""
-        return words
+        return words, joins
 
     def _on_end_of_transcript(self, message: dict[str, Any]) -> None:
         with self._state.lock:

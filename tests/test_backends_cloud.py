@@ -22,7 +22,8 @@ from backends.cloud import CloudBackend, CloudBackendOptions, CloudStream, speec
 from backends.errors import BackendFailure, BackendUnavailable, CloudError, ConfigurationError, InvalidRequest
 from bench.wer import normalize
 from server.logs import FORMAT, SessionFilter, in_session
-from tests.fakes.speechmatics import FakeSpeechmatics, Utterance, load_utterances
+from server.protocol import join_finals
+from tests.fakes.speechmatics import FakeSpeechmatics, Utterance, load_utterances, tokenize
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -312,6 +313,40 @@ def test_pause_asks_for_the_final_of_the_words_so_far_and_the_stream_goes_on(
             stream.close()
     said = " ".join(f.text for f in finals_of(events))
     assert normalize(said) == normalize(" ".join(u.text for u in utterances[:5]))  # nothing lost or doubled
+    assert fake.sessions[0].violations == []
+
+
+def test_punctuation_finalised_apart_from_its_word_joins_it(speech: tuple[np.ndarray, list[Utterance]]) -> None:
+    # A pause inside "number," (utterance 2) finalises "number" at once; its comma, timed at
+    # the word's end, comes in the next AddTranscript attached to the previous word. The
+    # transcript must read "number, starting", not "number ,starting" or "number , starting".
+    audio, utterances = speech
+    tokens = tokenize(utterances[2])
+    comma = next(i for i, t in enumerate(tokens) if t.kind == "punctuation" and t.content == ",")
+    word = tokens[comma - 1]
+    stop = math.floor(word.end * 10) / 10  # a chunk boundary inside the word
+    assert word.start < stop < word.end
+    with FakeSpeechmatics(utterances) as fake:
+        stream = backend_for(fake).open_stream(StreamOptions(language="en"))
+        try:
+            events: list = []
+            for i in range(0, round(stop * 16000), CHUNK):
+                events += stream.feed(audio[i : i + CHUNK])
+            events += stream.pause()
+            while not finals_of(events) or not finals_of(events)[-1].text.endswith(word.content):
+                wait_for_poll(stream)
+                events += stream.poll()
+            for i in range(round(stop * 16000), int(10.5 * 16000), CHUNK):  # before utterance 3
+                events += stream.feed(audio[i : i + CHUNK])
+            events += stream.flush()
+        finally:
+            stream.close()
+    finals = finals_of(events)
+    joined = [f for f in finals if f.joins_previous]
+    assert [f.text[0] for f in joined] == [","]  # the comma's final, and only that one
+    assert joined[0].words[0].text == ","
+    transcript = join_finals((f.text, f.joins_previous) for f in finals)
+    assert transcript == " ".join(u.text for u in utterances[:3])
     assert fake.sessions[0].violations == []
 
 
