@@ -156,6 +156,9 @@ class StreamingPipeline(Stream):
         # Committed words, for the prompt (the context's words are the prefix, not the prompt).
         self._history: deque[Word] = deque(maxlen=max(1, self._p.prompt_words) + 128)
         self._window_words: list[Word] = []  # committed words inside the current window
+        # The current utterance's last committed word (a trim may have moved it out of the
+        # window): a final that goes on with it joins it.
+        self._utterance_last: Word | None = None
         self._context_audio = np.zeros(0, dtype=np.float32)
         self._context_words: list[Word] = []  # times in seconds of self._context_audio
         self._partial = ""
@@ -295,6 +298,7 @@ class StreamingPipeline(Stream):
         events.append(SpeechActivity(start=self._speech_start / SAMPLE_RATE, end=end / SAMPLE_RATE))
         self._remember(self._window_start, end, self._window_words)
         self._window_words = []
+        self._utterance_last = None
         self._committed_until = end / SAMPLE_RATE
         self._window_start = None
         self._last_decoded, self._last_unusable = 0, False
@@ -445,9 +449,10 @@ class StreamingPipeline(Stream):
         events: list[Event] = []
         if committed:
             # Only within an utterance: a pause between two words makes them two words.
-            joins = bool(self._window_words) and continues(self._window_words[-1], committed[0])
+            joins = self._utterance_last is not None and continues(self._utterance_last, committed[0])
             self._history.extend(committed)
             self._window_words.extend(committed)
+            self._utterance_last = committed[-1]
             self._committed_until = committed[-1].end
             text, start, end = _text(committed), committed[0].start, committed[-1].end
             events.append(Final(text=text, start=start, end=end, words=tuple(committed), joins_previous=joins))

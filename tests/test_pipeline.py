@@ -686,3 +686,16 @@ def test_the_rest_of_a_committed_word_is_final_joined_to_it():
     assert [(e.text, e.joins_previous) for e in events] == [("touch", False), ("tone keypad", True)]
     assert [o.prefix[-1].text for o in decoder.options if o.prefix] == [" touch"]
     assert join_finals((e.text, e.joins_previous) for e in events) == "touchtone keypad"
+
+
+def test_the_rest_of_a_committed_word_joins_it_after_the_window_was_trimmed_there():
+    # A window capped at 1.5 s is cut right after the committed " touch" (the cap's cut is at
+    # the last commit): the word moves to the context, and "tone" still goes on with it.
+    decoder = CompoundDecoder()
+    options = PipelineOptions(max_window=1.5)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=LaggingVad([(0.5, 3.0)]))
+    events = [e for e in run(pipeline, ramp(4.0)) if isinstance(e, Final)]
+    assert [(e.text, e.joins_previous) for e in events] == [("touch", False), ("tone keypad", True)]
+    # The continuation was decoded with " touch" in the context, not in the window.
+    assert any(o.prefix and o.prefix[-1].text == " touch" for o in decoder.options)
+    assert join_finals((e.text, e.joins_previous) for e in events) == "touchtone keypad"
