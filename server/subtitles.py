@@ -16,6 +16,10 @@ from backends.base import DecodeResult
 # Subtitle conventions: at most two lines of about 42 characters on screen at once.
 LINE_CHARS = 42
 CUE_CHARS = 2 * LINE_CHARS
+# A cue stays up at least this long unless the next one starts sooner (broadcast guides ask
+# for about 5/6 s): a one-word utterance's alignment can end where it starts, and a 1 ms cue
+# is never seen.
+MIN_CUE_SECONDS = 0.8
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,9 @@ def timestamp(seconds: float, separator: str) -> str:
 
 def cues(transcript: dict) -> Iterator[tuple[float, float, str]]:
     """Subtitle cues ``(start, end, text)``: segments longer than two lines are split at word
-    boundaries (by word times when the segment has them); times strictly increase per cue."""
+    boundaries (by word times when the segment has them); times strictly increase per cue,
+    and a cue lasts ``MIN_CUE_SECONDS`` unless the next one starts sooner."""
+    timed: list[tuple[float, float, str]] = []
     previous_end = 0.0
     for segment in transcript["segments"]:
         for start, end, text in _split(segment):
@@ -106,7 +112,10 @@ def cues(transcript: dict) -> Iterator[tuple[float, float, str]]:
             if not lines[0]:
                 continue
             previous_end = end
-            yield start, end, "\n".join(lines)
+            timed.append((start, end, "\n".join(lines)))
+    for k, (start, end, text) in enumerate(timed):
+        following = timed[k + 1][0] if k + 1 < len(timed) else float("inf")
+        yield start, max(end, min(start + MIN_CUE_SECONDS, following)), text
 
 
 def _wrap(text: str, width: int) -> list[str]:

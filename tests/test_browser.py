@@ -213,11 +213,13 @@ def test_transcript_exports_are_well_formed(module_page):
         "b" * 40,
     ]
     times = [(c.start.total_seconds(), c.end.total_seconds()) for c in cues]
-    assert times[0] == pytest.approx((0.5, 1.25))
+    # A line shorter than 0.8 s stays up that long (MIN_CUE_SECONDS), never into the next one.
+    assert times[0] == pytest.approx((0.5, 1.3))
     assert times[1] == pytest.approx((3600.0, 3602.0))
+    assert times[2] == pytest.approx((3604.0, 3604.8))
     assert times[3] == pytest.approx((3606.0, 3607.0))  # 3605 s of session a, then 1.0 s into b
     assert exports["srt"].startswith(
-        "1\n00:00:00,500 --> 00:00:01,250\nHello world.\n\n2\n01:00:00,000 --> 01:00:02,000\n"
+        "1\n00:00:00,500 --> 00:00:01,300\nHello world.\n\n2\n01:00:00,000 --> 01:00:02,000\n"
     )
     assert "\n\n\n" not in exports["srt"]
 
@@ -225,7 +227,7 @@ def test_transcript_exports_are_well_formed(module_page):
     assert vtt.startswith("WEBVTT\n\n")
     blocks = vtt.strip().split("\n\n")
     assert blocks[0] == "WEBVTT"
-    assert blocks[1] == "00:00:00.500 --> 00:00:01.250\nHello world."
+    assert blocks[1] == "00:00:00.500 --> 00:00:01.300\nHello world."
     assert len(blocks) == 7
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n[^\n]+", b) for b in blocks[1:])
     webvtt = pytest.importorskip("webvtt", reason="webvtt-py (requirements-dev.txt) parses the .vtt export")
@@ -801,3 +803,18 @@ def test_page_references_only_vendored_assets():
     assert re.search(r"Socket\.IO v4\.\d+\.\d+", vendored)
     assert (REPO / "static" / "vendor" / "socket.io-client.LICENSE").is_file()
     assert Path(REPO / "static" / "worklet" / "pcm-worklet.js").is_file()
+
+
+def test_a_short_caption_line_stays_up_as_a_cue_until_the_next_line(module_page):
+    times = module_page.evaluate(
+        """async () => {
+          const { Transcript } = await import('/static/lib/transcript.js');
+          const t = new Transcript();
+          // A one-word line whose word ends where it starts, then the next line 0.3 s later.
+          t.addFinal({session_id: 'a', segment_id: 0, text: 'Extension.', start: 1.0, end: 1.0});
+          t.addFinal({session_id: 'a', segment_id: 1, text: 'Press three.', start: 1.3, end: 2.5});
+          t.addFinal({session_id: 'a', segment_id: 2, text: 'Goodbye.', start: 5.0, end: 5.2});
+          return t._cues().map((c) => [c.start, c.end]);
+        }"""
+    )
+    assert [t for cue in times for t in cue] == pytest.approx([1.0, 1.3, 1.3, 2.5, 5.0, 5.8])

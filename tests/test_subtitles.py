@@ -10,7 +10,7 @@ import srt
 import webvtt
 
 from backends.base import DecodeResult, Segment, Word
-from server.subtitles import CUE_CHARS, FORMATS, render, timestamp, transcript_from_result
+from server.subtitles import CUE_CHARS, FORMATS, MIN_CUE_SECONDS, cues, render, timestamp, transcript_from_result
 
 
 def words_of(text: str, start: float, end: float) -> list[dict]:
@@ -102,6 +102,26 @@ def test_vtt_parses_back():
     assert "&lt;" in captions[1].text and "<" not in captions[1].text  # escaped markup
     assert captions[0].start == "00:00:00.000" and captions[0].end == "00:00:01.500"
     assert captions[-1].start == "01:02:05.250"
+
+
+def test_a_short_cue_stays_up_long_enough_to_be_read_unless_the_next_one_comes():
+    # One-word utterances ("Extension.") can come with a word that ends where it starts.
+    transcript = {
+        "segments": [
+            {"start": 1.0, "end": 1.0, "text": "Extension."},
+            {"start": 5.0, "end": 5.3, "text": "Press"},
+            {"start": 5.5, "end": 6.0, "text": "three."},
+            {"start": 9.0, "end": 9.0, "text": "Goodbye."},
+        ]
+    }
+    assert list(cues(transcript)) == [
+        (1.0, 1.0 + MIN_CUE_SECONDS, "Extension."),
+        (5.0, 5.5, "Press"),  # up until the next cue, not over it
+        (5.5, 6.0 + (MIN_CUE_SECONDS - 0.5), "three."),
+        (9.0, 9.0 + MIN_CUE_SECONDS, "Goodbye."),
+    ]
+    subtitles = list(srt.parse(render(transcript, "srt"), ignore_errors=False))
+    assert [s.end.total_seconds() - s.start.total_seconds() for s in subtitles] == pytest.approx([0.8, 0.5, 0.8, 0.8])
 
 
 def test_txt_and_json():

@@ -17,6 +17,8 @@ export const LINE_MAX_CHARS = 84;
 export const LINE_MAX_SECONDS = 7;
 /** A pause longer than this starts a new line. */
 export const LINE_BREAK_PAUSE = 1.0;
+/** Seconds a subtitle cue stays up at least (as server/subtitles.py). */
+export const MIN_CUE_SECONDS = 0.8;
 const SENTENCE_END = /[.!?\u2026\u3002\uff1f\uff01]["')\]\u201d]*$/;
 
 /** Format seconds as HH:MM:SS<sep>mmm (SRT uses ",", VTT uses "."). */
@@ -138,9 +140,15 @@ export class Transcript {
     return rows.length ? rows.join("\n") + "\n" : "";
   }
 
-  /** Cues for subtitle files: one per caption line, end strictly after start. */
+  /** Cues for subtitle files: one per caption line, end strictly after start, and on screen
+   * MIN_CUE_SECONDS unless the next line starts sooner (a one-word line's words can end
+   * where they start, and a 1 ms cue is never seen). */
   _cues() {
-    return this.lines.map((l) => ({ start: l.start, end: Math.max(l.end, l.start + 0.001), text: cueText(l.text) }));
+    return this.lines.map((l, k) => {
+      const next = k + 1 < this.lines.length ? this.lines[k + 1].start : Infinity;
+      const end = Math.max(l.end, l.start + 0.001, Math.min(l.start + MIN_CUE_SECONDS, next));
+      return { start: l.start, end, text: cueText(l.text) };
+    });
   }
 
   /** SubRip: numbered from 1, "HH:MM:SS,mmm --> HH:MM:SS,mmm", a blank line between cues. */
