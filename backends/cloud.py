@@ -736,10 +736,9 @@ class CloudStream(Stream):
                     if not prefix:
                         # Punctuation that closes a word finalised in an earlier transcript:
                         # its own word, with no delimiter, joined to that one.
-                        time = float(result.get("start_time", 0.0))
-                        words.append(
-                            Word(text=content, start=time, end=float(result.get("end_time", time)), probability=1.0)
-                        )
+                        at = float(result.get("start_time", 0.0))
+                        end = float(result.get("end_time", at))
+                        words.append(Word(text=content, start=at, end=end, probability=1.0))
                         joins = True
                         continue
                 prefix += content
