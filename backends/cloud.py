@@ -695,7 +695,7 @@ class CloudStream(Stream):
 
     def _on_final(self, message: dict[str, Any]) -> None:
         metadata = message.get("metadata") or {}
-        words, joins = self._words(message.get("results") or [])
+        words, joins = transcript_words(message.get("results") or [], self._word_delimiter)
         if joins:
             # The service finalised a word and its punctuation apart (a forced end of
             # utterance fell between them): metadata.transcript would read ". Hello", so the
@@ -716,44 +716,6 @@ class CloudStream(Stream):
             self._partial = ""
             self._push(Partial(text="", start=end, end=end))
 
-    def _words(self, results: list[dict[str, Any]]) -> tuple[list[Word], bool]:
-        """Words as Whisper shapes them (the delimiter in front, punctuation attached), and
-        whether the first attaches to the previous transcript's last word."""
-        words: list[Word] = []
-        prefix = ""
-        joins = False
-        for result in results:
-            alternatives = result.get("alternatives") or []
-            if not alternatives:
-                continue
-            best = alternatives[0]
-            content = str(best.get("content", ""))
-            if result.get("type") == "punctuation":
-                if result.get("attaches_to", "previous") in ("previous", "both"):
-                    if words:
-                        words[-1] = replace(words[-1], text=words[-1].text + content)
-                        continue
-                    if not prefix:
-                        # Punctuation that closes a word finalised in an earlier transcript:
-                        # its own word, with no delimiter, joined to that one.
-                        at = float(result.get("start_time", 0.0))
-                        end = float(result.get("end_time", at))
-                        words.append(Word(text=content, start=at, end=end, probability=1.0))
-                        joins = True
-                        continue
-                prefix += content
-                continue
-            words.append(
-                Word(
-                    text=self._word_delimiter + prefix + content,
-                    start=float(result.get("start_time", 0.0)),
-                    end=float(result.get("end_time", 0.0)),
-                    probability=float(best.get("confidence", 1.0)),
-                )
-            )
-            prefix = ""
-        return words, joins
-
     def _on_end_of_transcript(self, message: dict[str, Any]) -> None:
         with self._state.lock:
             self._eot = True
@@ -769,6 +731,60 @@ class CloudStream(Stream):
 
     def _on_info(self, message: dict[str, Any]) -> None:
         logger.debug("Speechmatics info %s: %s", message.get("type"), message.get("reason"))
+
+
+def transcript_words(results: list[dict[str, Any]], delimiter: str = " ") -> tuple[list[Word], bool]:
+    """The words of an ``AddTranscript``'s results as Whisper shapes them (the delimiter in
+    front, punctuation attached to its word), and whether the first word attaches to the
+    previous transcript's last word.
+
+    ``attaches_to`` says on which side of a punctuation mark no delimiter goes: ``previous``
+    ("word,"), ``next`` ("(word"), ``both`` ("well-known": one word, as Whisper writes it) or
+    ``none`` (a mark standing alone between delimiters).
+    """
+    words: list[Word] = []
+    prefix = ""  # punctuation attached to the next word
+    glue = False  # the next word goes on the last one (punctuation attached to both sides)
+    joins = False
+    for result in results:
+        alternatives = result.get("alternatives") or []
+        if not alternatives:
+            continue
+        best = alternatives[0]
+        content = str(best.get("content", ""))
+        start = float(result.get("start_time", 0.0))
+        end = float(result.get("end_time", start))
+        if result.get("type") == "punctuation":
+            attaches = result.get("attaches_to", "previous")
+            if attaches in ("previous", "both") and not prefix:
+                glue = attaches == "both"
+                if words:
+                    words[-1] = replace(words[-1], text=words[-1].text + content)
+                else:
+                    # Punctuation that goes on a word finalised in an earlier transcript:
+                    # its own word, with no delimiter, joined to that one.
+                    words.append(Word(text=content, start=start, end=end, probability=1.0))
+                    joins = True
+                continue
+            if attaches == "none":
+                words.append(Word(text=delimiter + prefix + content, start=start, end=end, probability=1.0))
+                prefix, glue = "", False
+                continue
+            prefix += content
+            continue
+        confidence = float(best.get("confidence", 1.0))
+        if glue and words:
+            last = words[-1]
+            words[-1] = Word(
+                text=last.text + prefix + content,
+                start=last.start,
+                end=max(last.end, end),
+                probability=min(last.probability, confidence),
+            )
+        else:
+            words.append(Word(text=delimiter + prefix + content, start=start, end=end, probability=confidence))
+        prefix, glue = "", False
+    return words, joins
 
 
 def _connection_closed(client: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from backends.base import Final, LanguageDetected, Partial, StreamOptions
-from backends.cloud import CloudBackend, CloudBackendOptions, CloudStream, speechmatics_language
+from backends.cloud import CloudBackend, CloudBackendOptions, CloudStream, speechmatics_language, transcript_words
 from backends.errors import BackendFailure, BackendUnavailable, CloudError, ConfigurationError, InvalidRequest
 from bench.wer import normalize
 from server.logs import FORMAT, SessionFilter, in_session
@@ -348,6 +349,47 @@ def test_punctuation_finalised_apart_from_its_word_joins_it(speech: tuple[np.nda
     transcript = join_finals((f.text, f.joins_previous) for f in finals)
     assert transcript == " ".join(u.text for u in utterances[:3])
     assert fake.sessions[0].violations == []
+
+
+def result(content: str, start: float, end: float, attaches_to: str | None = None) -> dict:
+    """One AddTranscript result: a word, or punctuation attached as ``attaches_to`` says."""
+    item: dict = {"start_time": start, "end_time": end, "alternatives": [{"content": content, "confidence": 0.9}]}
+    if attaches_to is None:
+        item["type"] = "word"
+    else:
+        item.update(type="punctuation", attaches_to=attaches_to)
+    return item
+
+
+@pytest.mark.parametrize(
+    ("results", "text", "joins"),
+    [
+        # "previous": no delimiter before the mark; "next": none after it.
+        (
+            [result("Hello", 0, 0.4), result(",", 0.4, 0.4, "previous"), result("world", 0.5, 0.9)],
+            " Hello, world",
+            False,
+        ),
+        ([result("say", 0, 0.3), result("(", 0.4, 0.4, "next"), result("it", 0.4, 0.6)], " say (it", False),
+        # "both": none on either side, one word as Whisper writes it.
+        ([result("well", 0, 0.3), result("-", 0.3, 0.3, "both"), result("known", 0.3, 0.7)], " well-known", False),
+        # "none": a mark standing alone between delimiters.
+        ([result("this", 0, 0.3), result("&", 0.4, 0.4, "none"), result("that", 0.5, 0.8)], " this & that", False),
+        # Opening a transcript, a mark attached to the previous word joins the previous final.
+        ([result(",", 0.4, 0.4, "previous"), result("starting", 0.5, 0.9)], ", starting", True),
+        ([result("-", 0.3, 0.3, "both"), result("known", 0.3, 0.7)], "-known", True),
+    ],
+)
+def test_transcript_words_place_the_delimiter_as_attaches_to_says(results: list, text: str, joins: bool) -> None:
+    words, joined = transcript_words(results)
+    assert "".join(w.text for w in words) == text
+    assert joined is joins
+    assert all(a.end <= b.start for a, b in itertools.pairwise(words))  # one word per span of time
+
+
+def test_a_word_glued_on_by_a_mark_attached_to_both_sides_keeps_both_times() -> None:
+    words, _ = transcript_words([result("well", 0.1, 0.3), result("-", 0.3, 0.3, "both"), result("known", 0.35, 0.7)])
+    assert [(w.text, w.start, w.end, w.probability) for w in words] == [(" well-known", 0.1, 0.7, 0.9)]
 
 
 def test_pause_after_flush_or_close_sends_nothing(speech: tuple[np.ndarray, list[Utterance]]) -> None:
