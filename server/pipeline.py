@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +40,8 @@ from server.vad import VadOptions, VoiceActivityDetector
 logger = logging.getLogger(__name__)
 
 SENTENCE_END = (".", "?", "!", "。", "？", "！")
+# A final's word timed shorter than this is given room from the free time around it.
+MIN_WORD = 0.1
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,32 @@ def _text(words: list[Word]) -> str:
     return "".join(w.text for w in words).strip()
 
 
+def given_room(words: list[Word], after: float, before: float | None) -> list[Word]:
+    """``words`` as a final shows them: none before ``after`` (where the previous final ends),
+    and one timed shorter than ``MIN_WORD`` widened into the free time around it, toward a
+    typical length for its letters. The alignment collapses some words to an instant (a lone
+    word; a first word clamped to the last commit), and a zero-length word is no use to a
+    caption, a highlight or a speaking-time figure. ``before``: where the word after the last
+    one starts (None: not known yet, so the last word does not grow forward)."""
+    out: list[Word] = []
+    for i, w in enumerate(words):
+        left = out[-1].end if out else after
+        right = words[i + 1].start if i + 1 < len(words) else before
+        start = max(w.start, left)
+        end = max(w.end, start)
+        missing = 0.15 + 0.035 * sum(c.isalnum() for c in w.text) - (end - start)
+        if end - start < MIN_WORD and missing > 0:
+            # The estimate: median length of tiny.en's words by letters (0.24 s for two,
+            # 0.47 s for eight). Half of it each way, what one side lacks from the other.
+            free_after = 0.0 if right is None else max(0.0, right - end)
+            back = min(missing / 2, max(0.0, start - left))
+            ahead = min(missing - back, free_after)
+            back = min(missing - ahead, max(0.0, start - left))
+            start, end = start - back, end + ahead
+        out.append(w if (start, end) == (w.start, w.end) else replace(w, start=start, end=end))
+    return out
+
+
 def _tail(audio: np.ndarray, words: list[Word], seconds: float) -> tuple[np.ndarray, list[Word]]:
     """At most the last ``seconds`` of ``audio`` and its ``words`` (times relative to the
     audio), cut at a word boundary so that the words account for all the speech kept."""
@@ -163,6 +191,7 @@ class StreamingPipeline(Stream):
         self._context_words: list[Word] = []  # times in seconds of self._context_audio
         self._partial = ""
         self._committed_until = 0.0
+        self._shown_until = 0.0  # where the last final's last word ends, as the final showed it
         self._last_decoded = 0  # stream sample where the latest step decode's audio ended
         self._last_unusable = False  # whether that decode dropped a segment (no speech, a loop)
         self._first_decode = True  # the next step decode is its utterance's first
@@ -274,7 +303,7 @@ class StreamingPipeline(Stream):
         events: list[Event] = []
         covered = speech_end is not None and self._last_decoded >= speech_end + int(self._p.end_probe * SAMPLE_RATE)
         if covered and not self._last_unusable:
-            events += self._emit(self._agreement.commit_all())
+            events += self._emit(self._agreement.commit_all(), end=end / SAMPLE_RATE)
         elif end > self._window_start:
             decoded = self._decode(self._window_start, end, final=True)
             events += decoded.events
@@ -289,7 +318,7 @@ class StreamingPipeline(Stream):
                 # the words after the decode's own (dropping them would lose speech).
                 last = words[-1].end if words else 0.0
                 words = words + [w for w in self._agreement.pending if w.start >= last - 0.05]
-            events += self._emit(self._agreement.commit_all(words))
+            events += self._emit(self._agreement.commit_all(words), end=end / SAMPLE_RATE)
         else:
             self._agreement.reset_pending()
         if self._partial:
@@ -445,8 +474,11 @@ class StreamingPipeline(Stream):
 
     # --- commits and the window ----------------------------------------------------------
 
-    def _emit(self, committed: list[Word]) -> list[Event]:
+    def _emit(self, committed: list[Word], end: float | None = None) -> list[Event]:
+        """Finals of ``committed`` words and the partial of the rest; ``end``: where the
+        utterance's audio ends, when these are its last words."""
         events: list[Event] = []
+        pending = self._agreement.pending
         if committed:
             # Only within an utterance: a pause between two words makes them two words.
             joins = self._utterance_last is not None and continues(self._utterance_last, committed[0])
@@ -454,9 +486,15 @@ class StreamingPipeline(Stream):
             self._window_words.extend(committed)
             self._utterance_last = committed[-1]
             self._committed_until = committed[-1].end
-            text, start, end = _text(committed), committed[0].start, committed[-1].end
-            events.append(Final(text=text, start=start, end=end, words=tuple(committed), joins_previous=joins))
-        pending = self._agreement.pending
+            # The words keep their decoded times inside the pipeline (commits, trims and the
+            # filters compare against them); only what is shown gets room.
+            after = self._shown_until
+            if self._window_start is not None:
+                after = max(after, self._window_start / SAMPLE_RATE)
+            shown = given_room(committed, after, pending[0].start if pending else end)
+            self._shown_until = shown[-1].end
+            text, start, stop = _text(shown), shown[0].start, shown[-1].end
+            events.append(Final(text=text, start=start, end=stop, words=tuple(shown), joins_previous=joins))
         text = _text(pending)
         if text != self._partial:
             self._partial = text
