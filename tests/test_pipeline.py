@@ -612,15 +612,16 @@ def test_an_end_decode_that_loops_commits_the_last_hypothesis():
     assert not [e for e in events if isinstance(e, Partial) and "again" in e.text]
 
 
+def said(words: tuple[Word, ...], duration: float) -> DecodeResult:
+    """A decode of ``duration`` seconds of audio that wrote ``words`` as one segment."""
+    text = "".join(w.text for w in words)
+    segment = Segment(text=text, start=words[0].start, end=words[-1].end, words=words)
+    return DecodeResult(segments=(segment,), language="en", language_probability=1.0, duration=duration)
+
+
 def test_words_in_the_padding_are_dropped():
     late = (Word(" real", 0.0, 0.4), Word(" invented", 1.55, 1.9))
-    result = DecodeResult(
-        segments=(Segment(text=" real invented", start=0.0, end=1.9, words=late),),
-        language="en",
-        language_probability=1.0,
-        duration=1.5,
-    )
-    decoder = ScriptedDecoder(result=result)
+    decoder = ScriptedDecoder(result=said(late, duration=1.5))
     pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=ScriptedVad([(0.2, 1.2)]))
     assert committed_words(run(pipeline, ramp(3.0))) == ["real"]
 
@@ -630,13 +631,7 @@ def test_a_word_aligned_to_an_instant_is_shown_with_room_around_it():
     # and a first word clamped to the last commit, "Press" 42.98-42.98 before " 3": a caption
     # of no length. The final shows them with a typical length, in the time free around them.
     words = (Word(" Extension.", 0.9, 0.9), Word(" Press", 1.5, 1.5), Word(" three", 1.8, 2.1))
-    result = DecodeResult(
-        segments=(Segment(text=" Extension. Press three", start=0.0, end=2.1, words=words),),
-        language="en",
-        language_probability=1.0,
-        duration=2.5,
-    )
-    decoder = ScriptedDecoder(result=result)
+    decoder = ScriptedDecoder(result=said(words, duration=2.5))
     pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=ScriptedVad([(0.5, 2.5)]))
     events = run(pipeline, ramp(3.5))
     shown = [w for e in events if isinstance(e, Final) for w in e.words]
