@@ -128,7 +128,7 @@ def given_room(words: list[Word], after: float, before: float | None) -> list[Wo
         start = max(w.start, left)
         end = max(w.end, start)
         missing = 0.15 + 0.035 * sum(c.isalnum() for c in w.text) - (end - start)
-        if end - start < MIN_WORD and missing > 0:
+        if end - start < MIN_WORD:  # then ``missing`` > 0.05
             # The estimate: median length of tiny.en's words by letters (0.24 s for two,
             # 0.47 s for eight). Half of it each way, what one side lacks from the other.
             free_after = 0.0 if right is None else max(0.0, right - end)
