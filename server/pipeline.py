@@ -127,15 +127,14 @@ def given_room(words: list[Word], after: float, before: float | None) -> list[Wo
         right = words[i + 1].start if i + 1 < len(words) else before
         start = max(w.start, left)
         end = max(w.end, start)
-        missing = 0.15 + 0.035 * sum(c.isalnum() for c in w.text) - (end - start)
-        if end - start < MIN_WORD:  # then ``missing`` > 0.05
+        if end - start < MIN_WORD:
             # The estimate: median length of tiny.en's words by letters (0.24 s for two,
             # 0.47 s for eight). Half of it each way, what one side lacks from the other.
+            missing = 0.15 + 0.035 * sum(c.isalnum() for c in w.text) - (end - start)
+            free_before = start - left
             free_after = 0.0 if right is None else max(0.0, right - end)
-            back = min(missing / 2, max(0.0, start - left))
-            ahead = min(missing - back, free_after)
-            back = min(missing - ahead, max(0.0, start - left))
-            start, end = start - back, end + ahead
+            ahead = min(missing - min(missing / 2, free_before), free_after)
+            start, end = start - min(missing - ahead, free_before), end + ahead
         out.append(w if (start, end) == (w.start, w.end) else replace(w, start=start, end=end))
     return out
 
