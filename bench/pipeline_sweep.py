@@ -209,11 +209,12 @@ def run_one(
     from bench.stream_bench import percentile
     from server.pipeline import PipelineOptions, StreamingPipeline
     from server.protocol import join_finals
+    from server.word_times import MIN_WORD
 
     options = PipelineOptions()
     for name, value in overrides.items():
         options = _with(options, name.split("."), value)
-    pairs, decodes, audio_seconds = [], 0, 0.0
+    pairs, decodes, audio_seconds, short_words = [], 0, 0.0, 0
     final_lat: list[float] = []
     first_lat: list[float] = []
     started_cpu, started = cpu_seconds(), time.monotonic()
@@ -224,7 +225,11 @@ def run_one(
         decoder = ModeledBackend(backend) if clock == "model" else backend
         pipeline = StreamingPipeline(decoder, StreamOptions(language=reference["language"]), options)
         events = simulate(pipeline, audio, chunk, clock=decoder if clock == "model" else time.perf_counter)
-        hypothesis = join_finals((e.text, e.joins_previous) for _, e in events if isinstance(e, Final))
+        final_events = [e for _, e in events if isinstance(e, Final)]
+        hypothesis = join_finals((e.text, e.joins_previous) for e in final_events)
+        # Words a caption or a highlight can hardly use (docs/PIPELINE.md, "Word times a
+        # caption can use").
+        short_words += sum(w.end - w.start < MIN_WORD for e in final_events for w in e.words)
         pairs.append((" ".join(u["text"] for u in reference["utterances"]), hypothesis))
         if texts is not None and shift == 0:
             texts[path.stem] = hypothesis
@@ -243,6 +248,7 @@ def run_one(
         "first_partial_med": percentile(first_lat, 50),
         "decodes_per_min": decodes / audio_seconds * 60,
         "cpu_per_audio_s": (cpu_seconds() - started_cpu) / audio_seconds,
+        "short_words": short_words,
         "wall_s": time.monotonic() - started,
     }
 

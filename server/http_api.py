@@ -24,6 +24,7 @@ from server.audio import load_audio
 from server.file_jobs import FileJobs, QueueFull
 from server.metrics import Metrics
 from server.subtitles import FORMATS, render, transcript_from_result
+from server.word_times import shown_segments
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,8 @@ def transcribe_file():
     transcript = transcript_from_result(result, words=options.word_timestamps)
     if options.format == "json":
         if options.analysis:
-            transcript["analysis"] = analyze(result.segments, [], seconds, result.language)
+            segments = shown_segments(result.segments, result.duration)  # the words' times as shown
+            transcript["analysis"] = analyze(segments, [], seconds, result.language)
         return jsonify(transcript)
     fmt = FORMATS[options.format]
     return Response(

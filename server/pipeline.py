@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,12 +36,11 @@ from backends.base import (
 from backends.local import encoder_frames_for
 from server.agreement import LocalAgreement, continues, drop_repetitions
 from server.vad import VadOptions, VoiceActivityDetector
+from server.word_times import given_room
 
 logger = logging.getLogger(__name__)
 
 SENTENCE_END = (".", "?", "!", "。", "？", "！")
-# A final's word timed shorter than this is given room from the free time around it.
-MIN_WORD = 0.1
 
 
 @dataclass(frozen=True)
@@ -112,31 +111,6 @@ def _shifted(word: Word, seconds: float) -> Word:
 
 def _text(words: list[Word]) -> str:
     return "".join(w.text for w in words).strip()
-
-
-def given_room(words: list[Word], after: float, before: float | None) -> list[Word]:
-    """``words`` as a final shows them: none before ``after`` (where the previous final ends),
-    and one timed shorter than ``MIN_WORD`` widened into the free time around it, toward a
-    typical length for its letters. The alignment collapses some words to an instant (a lone
-    word; a first word clamped to the last commit), and a zero-length word is no use to a
-    caption, a highlight or a speaking-time figure. ``before``: where the word after the last
-    one starts (None: not known yet, so the last word does not grow forward)."""
-    out: list[Word] = []
-    for i, w in enumerate(words):
-        left = out[-1].end if out else after
-        right = words[i + 1].start if i + 1 < len(words) else before
-        start = max(w.start, left)
-        end = max(w.end, start)
-        if end - start < MIN_WORD:
-            # The estimate: median length of tiny.en's words by letters (0.24 s for two,
-            # 0.47 s for eight). Half of it each way, what one side lacks from the other.
-            missing = 0.15 + 0.035 * sum(c.isalnum() for c in w.text) - (end - start)
-            free_before = start - left
-            free_after = 0.0 if right is None else max(0.0, right - end)
-            ahead = min(missing - min(missing / 2, free_before), free_after)
-            start, end = start - min(missing - ahead, free_before), end + ahead
-        out.append(w if (start, end) == (w.start, w.end) else replace(w, start=start, end=end))
-    return out
 
 
 def _tail(audio: np.ndarray, words: list[Word], seconds: float) -> tuple[np.ndarray, list[Word]]:

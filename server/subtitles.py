@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from backends.base import DecodeResult
+from server.word_times import shown_segments
 
 # Subtitle conventions: at most two lines of about 42 characters on screen at once.
 LINE_CHARS = 42
@@ -31,9 +32,10 @@ class Format:
 
 
 def transcript_from_result(result: DecodeResult, words: bool = False) -> dict:
-    """The JSON document for a decode result; ``words`` includes per-word timings."""
+    """The JSON document for a decode result; ``words`` includes per-word timings (a word the
+    alignment collapsed to an instant given room, :mod:`server.word_times`)."""
     segments = []
-    for segment in result.segments:
+    for segment in shown_segments(result.segments, result.duration):
         text = segment.text.strip()
         if not text:
             continue

@@ -21,7 +21,7 @@ from backends.base import (
     Word,
 )
 from bench.wer import wer, word_errors
-from server.pipeline import PipelineOptions, StreamingPipeline, given_room
+from server.pipeline import PipelineOptions, StreamingPipeline
 from server.protocol import join_finals
 from server.vad import VadEvent
 from tests.conftest import Fixture
@@ -647,21 +647,6 @@ def test_a_word_aligned_to_an_instant_is_shown_with_room_around_it():
     assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(shown))
     final = next(e for e in events if isinstance(e, Final))
     assert final.start == shown[0].start
-
-
-def test_given_room_widens_only_into_free_time_and_never_before_the_last_final():
-    # A first word clamped to the last commit (at 5.0) grows forward only, up to the next word.
-    press, three = given_room([Word(" Press", 5.0, 5.0), Word(" 3", 5.2, 5.6)], after=5.0, before=None)
-    assert (press.start, press.end) == pytest.approx((5.0, 5.2)) and (three.start, three.end) == (5.2, 5.6)
-    # With the next word unknown (None), a last word does not grow forward.
-    (word,) = given_room([Word(" Press", 5.0, 5.0)], after=4.0, before=None)
-    assert word.end == 5.0 and word.start == pytest.approx(5.0 - 0.325)
-    # A word starting before the previous final's end starts at it.
-    (word,) = given_room([Word(" hello", 4.8, 5.4)], after=5.0, before=6.0)
-    assert (word.start, word.end) == (5.0, 5.4)
-    # Words long enough, or already with no room around them, stay as they are.
-    words = [Word(" a", 1.0, 1.3), Word(" b", 1.3, 1.3), Word(" c", 1.3, 1.5)]
-    assert given_room(words, after=1.0, before=1.5) == words
 
 
 def run_with_context(options: PipelineOptions, spans, seconds: float) -> list[tuple[float, float, float]]:
