@@ -1,11 +1,12 @@
 """Word times a caption can use.
 
-Whisper's word alignment (tiny.en's most of all) collapses about 1% of words to an instant: a
-lone word, a first word clamped to where the text before it ends, a word whose neighbour took
-its time. A zero-length word is no use to a caption, a highlight or a speaking-time figure, so
-finals and file transcripts show such a word widened toward a typical length (measured in
-docs/PIPELINE.md, "Word times a caption can use"). Only the times shown change: the pipeline
-keeps decoded times for its own comparisons.
+Whisper's word alignment collapses some words to an instant (with tiny.en on the held-out set,
+1% of the stream's final words, 2% of an offline transcript's): a lone word, a first word
+clamped to where the text before it ends, a word whose neighbour took its time. A zero-length
+word is no use to a caption, a highlight or a speaking-time figure, so finals and file
+transcripts show such a word widened toward a typical length (measured in docs/PIPELINE.md,
+"Word times a caption can use"). Only the times shown change: the pipeline keeps decoded times
+for its own comparisons.
 """
 
 from __future__ import annotations
