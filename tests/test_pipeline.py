@@ -51,6 +51,10 @@ def test_streams_real_speech_close_to_offline_accuracy(local_backend, name, requ
     # Finals come in time order (en00 in 100 ms chunks once committed a word timed 2 s back).
     starts = [e.start for e in events if isinstance(e, Final)]
     assert starts == sorted(starts)
+    # Their words follow each other without overlap, and none is shown as an instant.
+    words = [w for e in events if isinstance(e, Final) for w in e.words]
+    assert all(a.end <= b.start for a, b in itertools.pairwise(words))
+    assert all(w.end - w.start >= 0.02 for w in words), [w for w in words if w.end - w.start < 0.02]
     speech = [e for e in events if isinstance(e, SpeechActivity)]
     assert len(speech) >= len(fixture.reference["utterances"])
     assert pipeline.buffered_seconds < 1.0  # silence after the last utterance is not kept
