@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,11 @@ def test_word_timestamps_and_analysis(app, clip: Fixture, clip_wav: bytes):
         assert segment["words"]
         for word in segment["words"]:
             assert segment["start"] - 0.05 <= word["start"] <= word["end"] <= segment["end"] + 0.05
+    # Words follow each other without overlap, and none is shown as an instant (the alignment
+    # collapses about 2% of them: server/word_times.py).
+    words = [w for s in body["segments"] for w in s["words"]]
+    assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(words))
+    assert all(w["end"] - w["start"] >= 0.02 for w in words), words
     analysis = body["analysis"]
     assert analysis["transcript"] == body["text"]
     assert analysis["duration"] == pytest.approx(15.0, abs=0.05)
