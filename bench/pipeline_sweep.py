@@ -313,7 +313,7 @@ def print_errors(label: str, refs: dict[str, str], texts: dict[str, str]) -> Non
         print(f"{stem:>20} {len(errors):>3}  {' '.join(errors) or '(none)'}")
 
 
-def _short(arg: str) -> str:
+def as_typed(arg: str) -> str:
     """A file argument as the command line would be typed here: relative, or from ``~``."""
     path = Path(arg).resolve()
     if not path.exists():
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = LocalBackend(LocalBackendOptions(model=args.model, num_workers=1, cpu_threads=args.threads))
     backend.load()
-    shown = [_short(arg) for arg in (sys.argv[1:] if argv is None else argv)]
+    shown = [as_typed(arg) for arg in (sys.argv[1:] if argv is None else argv)]
     print(f"# python -m bench.pipeline_sweep {' '.join(shown)}".rstrip())
     print(
         f"# model {args.model}, {args.threads} thread(s), {args.chunk * 1000:.0f} ms chunks, files: "

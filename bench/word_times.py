@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from backends.base import DecodeOptions
     from backends.local import LocalBackend, LocalBackendOptions
-    from bench.pipeline_sweep import _short, read_wav
+    from bench.pipeline_sweep import as_typed, read_wav
     from server.word_times import MIN_WORD, shown_segments
 
     backend = LocalBackend(LocalBackendOptions(model=args.model, num_workers=1, cpu_threads=1))
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         result = backend.transcribe(read_wav(path), DecodeOptions(language=args.language, word_timestamps=True))
         decoded += [w for s in result.segments for w in s.words]
         shown += [w for s in shown_segments(result.segments, result.duration) for w in s.words]
-    print(f"# python -m bench.word_times {' '.join(_short(str(f)) for f in args.files)}")
+    print(f"# python -m bench.word_times {' '.join(as_typed(str(f)) for f in args.files)}")
     print(f"# model {args.model}, files: {', '.join(p.stem for p in files)}")
     print(f"{'times':>8}  {'words':>8}  {'zero_length':>12}  {f'under_{MIN_WORD:g}s':>12}")
     for label, words in (("decoded", decoded), ("shown", shown)):
