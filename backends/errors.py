@@ -20,6 +20,9 @@ class TranscriptionError(Exception):
     def __init__(self, message: str, *, code: str | None = None, fatal: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # What a stream produced in the same call before it failed (words it had already
+        # committed): the caller still delivers them, or they would be lost with the call.
+        self.events: list[Any] = []
         if code is not None:
             self.code = code
         if fatal is not None:

@@ -6,6 +6,7 @@ Everything after this module sees ``np.ndarray`` of ``float32`` at :data:`SAMPLE
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ class AudioFormat:
         if (
             isinstance(sample_rate, bool)
             or not isinstance(sample_rate, (int, float))
+            or not math.isfinite(sample_rate)  # JSON clients may send NaN or Infinity
             or sample_rate != int(sample_rate)
         ):
             raise InvalidRequest(f"sample_rate must be an integer, got {sample_rate!r}", code="invalid_sample_rate")
@@ -45,7 +47,7 @@ class AudioFormat:
                 code="invalid_sample_rate",
             )
         encoding = encoding or "pcm_s16le"
-        if encoding not in ENCODINGS:
+        if not isinstance(encoding, str) or encoding not in ENCODINGS:
             raise InvalidRequest(
                 f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}", code="invalid_encoding"
             )

@@ -33,6 +33,7 @@ from backends.base import (
     Word,
     word_key,
 )
+from backends.errors import TranscriptionError
 from backends.local import encoder_frames_for
 from server.agreement import LocalAgreement, continues, drop_repetitions
 from server.vad import VadOptions, VoiceActivityDetector
@@ -176,14 +177,20 @@ class StreamingPipeline(Stream):
         events: list[Event] = []
         self._buffer = np.concatenate([self._buffer, audio]) if self._buffer.size else audio.copy()
         self._total += len(audio)
-        for vad_event in self._vad.process(audio):
-            if vad_event.kind == "start":
-                if self._window_start is None:
-                    self._begin(vad_event.sample)
-            else:
-                events += self._finish(min(self._total, vad_event.sample + self._pad), speech_end=vad_event.sample)
-        if self._window_start is not None and self._decode_due():
-            events += self._step()
+        try:
+            for vad_event in self._vad.process(audio):
+                if vad_event.kind == "start":
+                    if self._window_start is None:
+                        self._begin(vad_event.sample)
+                else:
+                    events += self._finish(min(self._total, vad_event.sample + self._pad), speech_end=vad_event.sample)
+            if self._window_start is not None and self._decode_due():
+                events += self._step()
+        except TranscriptionError as exc:
+            # One batch of audio can end an utterance and fail on the next: the first one's
+            # finals are committed here already and must still reach the client.
+            exc.events = events + exc.events
+            raise
         if self._window_start is None:
             self._drop_before(self._total - self._pad)
         return events

@@ -114,6 +114,9 @@ class SessionManager:
         self.emit = emit
         self._sessions: dict[str, Session] = {}
         self._by_owner: dict[str, Session] = {}
+        # Connections whose ``start`` is opening a stream (it may block, and other handlers run
+        # meanwhile), and whether each is still connected: they hold a slot of max_sessions.
+        self._opening: dict[str, bool] = {}
         self.listeners: list[Callable[[str, Session, Any], None]] = []  # metrics, analysis hooks
 
     # --- queries -----------------------------------------------------------------------
@@ -149,6 +152,8 @@ class SessionManager:
                 f"session {current.id} is already running on this connection; send stop first",
                 code="already_started",
             )
+        if sid in self._opening:
+            raise InvalidRequest("a session is already starting on this connection", code="already_started")
         request = parse_start(data, "local", self.config.language)
         backend = self._backend(request.backend)
         info = backend.info()
@@ -160,13 +165,24 @@ class SessionManager:
             )
         options = StreamOptions(language=request.language, task=request.task)
         backend.validate(options)
-        if len(self.active()) >= self.config.max_sessions:
+        if len(self.active()) + len(self._opening) >= self.config.max_sessions:
             raise TranscriptionError(
                 f"the server is running its maximum of {self.config.max_sessions} sessions; try again later",
                 code="server_busy",
             )
-        # Opening may block (a cloud handshake): do it on a native thread.
-        stream = self._call_blocking(self._open_stream, backend, options)
+        # Opening may block (a cloud handshake): do it on a native thread. Other starts run
+        # meanwhile, so the slot is taken before, and the connection may close before it opens.
+        self._opening[sid] = True
+        try:
+            stream = self._call_blocking(self._open_stream, backend, options)
+        finally:
+            connected = self._opening.pop(sid)
+        if not connected:
+            try:
+                self._call_blocking(stream.close)
+            except Exception:
+                logger.debug("closing a stream opened for a closed connection raised", exc_info=True)
+            raise InvalidRequest("the connection closed while the session was starting", code="not_started")
         session_id = uuid.uuid4().hex
         session = Session(
             id=session_id,
@@ -232,10 +248,14 @@ class SessionManager:
 
     def disconnect(self, sid: str) -> None:
         """The owner left: finish its session anyway so watchers get every final."""
+        if sid in self._opening:  # its start is still opening a stream: that start gives up
+            self._opening[sid] = False
         session = self._by_owner.pop(sid, None)
         if session is not None and session.state == "running":
             logger.info("session %s: owner disconnected, finishing", session.id)
-            self._stop(session)
+            # On a task of its own: sending to a client that missed its ping runs this handler
+            # on the sending task, which may be the worker ending the session under its lock.
+            self.runtime.spawn(self._stop, session)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop every session and wait for their last finals (server shutdown)."""
@@ -271,6 +291,8 @@ class SessionManager:
 
     def _stop(self, session: Session) -> None:
         with session.accepting:  # no chunk may follow _STOP into the queue (server shutdown)
+            if session.state != "running":  # a failure ended it meanwhile
+                return
             session.state = "stopping"
             tail = session.resampler.flush()
             if tail.size:
@@ -372,15 +394,18 @@ class SessionManager:
         try:
             return self._blocking(session, call, *args)
         except TranscriptionError as exc:
+            self._dispatch(session, exc.events)  # finals committed before the failure
             return self._recover(session, exc, start, end)
 
     def _flush(self, session: Session) -> None:
-        try:
-            events = self._blocking(session, session.stream.flush)
-        except TranscriptionError as exc:
-            events = self._recover(session, exc, session.processed, session.processed)
-            if session.backend == "local":
-                events += self._blocking(session, session.stream.flush)
+        stream, end = session.stream, session.processed
+        # A flush that fails costs everything its stream had not finalised.
+        start = min(end, round((session.offset + stream.committed_until) * SAMPLE_RATE))
+        events = self._call_stream(session, stream.flush, start=start, end=end)
+        if session.stream is not stream and not session.failed:
+            # Failed over: the local stream was fed the audio the cloud had not finalised.
+            self._dispatch(session, events)
+            events = self._call_stream(session, session.stream.flush, start=start, end=end)
         self._dispatch(session, events)
 
     def _recover(self, session: Session, exc: TranscriptionError, start: int, end: int) -> list[Event]:
@@ -431,19 +456,16 @@ class SessionManager:
         except Exception:
             logger.debug("closing the failed stream raised", exc_info=True)
         previous = session.backend
-        session.stream = self._open_stream(local, local_options)
+        # Building a pipeline loads its VAD: not on the event loop.
+        session.stream = self._call_blocking(self._open_stream, local, local_options)
         session.backend = "local"
         # The local stream's time 0 is the first re-fed sample: committed_until, unless the
         # retained audio was cut at MAX_RETAINED_SECONDS after it (that audio is lost).
         first = max(round(resume_at * SAMPLE_RATE), session.retained_from)
-        if first > round(resume_at * SAMPLE_RATE):
-            logger.warning(
-                "session %s: audio from %.2f s to %.2f s was no longer retained and is not transcribed",
-                session.id,
-                resume_at,
-                first / SAMPLE_RATE,
-            )
         session.offset = first / SAMPLE_RATE
+        # A client paused when the cloud failed must have the local stream's words final too.
+        session.paused_at = -1
+        at = round(session.offset, 3)
         self.emit(
             "backend_changed",
             {
@@ -452,17 +474,31 @@ class SessionManager:
                 "to": "local",
                 "reason": exc.message,
                 "code": exc.code,
-                "at": round(resume_at, 3),
+                "at": at,
             },
             session.room,
         )
         # The cloud's last partial covered audio the local model is about to redo: clear it.
-        at = round(resume_at, 3)
         self.emit("partial", {"session_id": session.id, "text": "", "start": at, "end": at}, session.room)
         self._notify("failover", session, exc)
+        if first > round(resume_at * SAMPLE_RATE):
+            lost = f"audio from {resume_at:.2f} s to {first / SAMPLE_RATE:.2f} s"
+            logger.warning("session %s: %s was no longer retained", session.id, lost)
+            self._error(
+                session,
+                TranscriptionError(
+                    f"{exc.message}; {lost} was older than the {MAX_RETAINED_SECONDS:.0f} s kept for a failover"
+                    " and was not transcribed",
+                    code=exc.code,
+                    fatal=False,
+                ),
+            )
         audio = self._retained_since(session, first)
         session.retained, session.retained_from = [], 0
-        return self._blocking(session, session.stream.feed, audio) if audio.size else []
+        if not audio.size:
+            return []
+        # A local failure on this audio is reported like any other (the span it cost).
+        return self._call_stream(session, session.stream.feed, audio, start=first, end=max(end, session.processed))
 
     def _blocking(self, session: Session, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a stream call on a native thread, logging under the session's id."""

@@ -31,6 +31,10 @@ def register_socket_events(socketio: SocketIO, manager: SessionManager, server_i
         @functools.wraps(handler)
         def wrapper(*args: Any) -> Any:
             try:
+                # A client may send any number of arguments with an event: more than the
+                # protocol's one is the client's mistake, not a server failure.
+                if len(args) > 1:
+                    raise InvalidRequest(f"'{handler.__name__[3:]}' takes one argument, got {len(args)}")
                 return handler(*args)
             except TranscriptionError as exc:
                 error = exc
@@ -38,7 +42,11 @@ def register_socket_events(socketio: SocketIO, manager: SessionManager, server_i
                 logger.exception("handler %s failed", handler.__name__)
                 error = TranscriptionError(f"internal error in '{handler.__name__}'; see the server log")
             manager.report_error(request.sid, error)
-            emit("error", error.to_payload())
+            payload = error.to_payload()
+            session = manager.session_of(request.sid)
+            if handler.__name__ == "on_audio" and session is not None and session.state == "running":
+                payload["session_id"] = session.id  # an error about this session's audio
+            emit("error", payload)
             return None
 
         return wrapper

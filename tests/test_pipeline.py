@@ -20,6 +20,7 @@ from backends.base import (
     StreamOptions,
     Word,
 )
+from backends.errors import BackendFailure
 from bench.wer import wer, word_errors
 from server.pipeline import PipelineOptions, StreamingPipeline
 from server.protocol import join_finals
@@ -727,3 +728,32 @@ def test_the_rest_of_a_committed_word_joins_it_after_the_window_was_trimmed_ther
     # The continuation was decoded with " touch" in the context, not in the window.
     assert any(o.prefix and o.prefix[-1].text == " touch" for o in decoder.options)
     assert join_finals((e.text, e.joins_previous) for e in events) == "touchtone keypad"
+
+
+class FailingAfter(ScriptedDecoder):
+    """A decoder that fails (a lost GPU) from its ``n``-th call on."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.fail_from = n
+
+    def decode(self, audio: np.ndarray, options: DecodeOptions) -> DecodeResult:
+        if self.calls + 1 >= self.fail_from:
+            self.calls += 1
+            raise BackendFailure("decoding failed (simulated)")
+        return super().decode(audio, options)
+
+
+def test_a_failure_keeps_the_finals_the_same_batch_committed_before_it():
+    # One batch (a worker that fell behind) ends an utterance, whose final decode succeeds,
+    # and then fails on the next one's step: the first utterance's final is committed and
+    # must travel with the failure, or it is lost.
+    decoder = FailingAfter(2)
+    options = PipelineOptions(first_step=0.3, end_probe=0.1)
+    vad = ScriptedVad([(0.5, 1.5), (2.0, 4.0)])
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), options, vad=vad)
+    with pytest.raises(BackendFailure) as failure:
+        pipeline.feed(ramp(3.0))
+    assert decoder.calls == 2
+    assert [w.split("~")[0] for w in committed_words(failure.value.events)] == ["w2", "w3", "w4", "w5"]
+    assert pipeline.committed_until == pytest.approx(1.5 + 0.2)  # the first utterance's padded end

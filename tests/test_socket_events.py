@@ -210,7 +210,10 @@ def test_resampled_float_input(socketio, app, en00: Fixture):
         ({"sample_rate": 10_000_000}, "invalid_sample_rate"),
         ({"sample_rate": "fast"}, "invalid_sample_rate"),
         ({"sample_rate": 44100.5}, "invalid_sample_rate"),
+        ({"sample_rate": float("nan")}, "invalid_sample_rate"),  # JSON from Python allows it
+        ({"sample_rate": float("inf")}, "invalid_sample_rate"),
         ({"encoding": "mp3"}, "invalid_encoding"),
+        ({"encoding": ["pcm_s16le"]}, "invalid_encoding"),
         ({"room": "../etc"}, "invalid_room"),
     ],
 )
@@ -263,6 +266,21 @@ def test_bad_audio_is_refused_and_the_session_survives(socketio, app, en00: Fixt
     assert wer(reference, stopped["transcript"]) < 0.2
     assert wer(reference, other_stopped["transcript"]) < 0.2
     assert error_codes(other) == []
+
+
+def test_errors_about_audio_name_the_session(socketio, app):
+    client = connect(socketio, app)
+    session_id = start(client, language="en")["session_id"]
+    client.client.emit("audio", b"\x01\x02\x03")  # odd byte count
+    client.client.emit("audio", b"\x00\x01" * 1600, b"\x00\x01" * 1600)  # two arguments
+    client.wait_for("error", count=2)
+    errors = client.named("error")
+    assert [(e["code"], e["session_id"]) for e in errors] == [
+        ("invalid_audio", session_id),
+        ("invalid_request", session_id),
+    ]
+    client.client.emit("stop")
+    assert client.wait_for("stopped")[0]["duration"] == 0.0  # neither payload was accepted
 
 
 def test_float_audio_with_nan_is_refused(socketio, app):

@@ -1,0 +1,215 @@
+"""The session manager on its own: slots, failures and the spans they cost, with scripted
+streams instead of a model, so each path is exact and fast."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from backends.base import SAMPLE_RATE, BackendInfo, Event, Final, Stream, StreamingBackend, StreamOptions
+from backends.errors import BackendFailure, CloudError, InvalidRequest, TranscriptionError
+from server.app import create_app, get_context
+from server.config import CloudOptions, Config
+from server.sessions import SessionManager
+
+pytestmark = pytest.mark.timeout(60)
+
+SECOND = np.zeros(SAMPLE_RATE, dtype=np.float32)
+PCM_SECOND = b"\x00\x00" * SAMPLE_RATE
+
+
+class ScriptedStream(Stream):
+    """A stream whose feed and flush do what the test says."""
+
+    def __init__(self, on_feed: Callable[[ScriptedStream], list[Event]] | None = None) -> None:
+        self.on_feed = on_feed
+        self.on_flush: Callable[[ScriptedStream], list[Event]] | None = None
+        self.fed = 0  # samples
+        self.feeds = 0
+        self.committed = 0.0
+        self.closed = False
+
+    def feed(self, audio: np.ndarray) -> list[Event]:
+        self.fed += len(audio)
+        self.feeds += 1
+        return self.on_feed(self) if self.on_feed else []
+
+    def flush(self) -> list[Event]:
+        return self.on_flush(self) if self.on_flush else []
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def committed_until(self) -> float:
+        return self.committed
+
+
+class ScriptedBackend(StreamingBackend):
+    def __init__(self, name: str, open_stream: Callable[[], Stream]) -> None:
+        self.name = name  # type: ignore[misc]  # the registry's name it stands in for
+        self._open = open_stream
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(name=self.name, available=True, model="scripted", multilingual=False, languages=("en",))
+
+    def open_stream(self, options: StreamOptions) -> Stream:
+        return self._open()
+
+
+class Recorder:
+    """Stands in for Socket.IO's emit: what each session's room and owner were sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict, str]] = []
+        self.on_error: Callable[[dict, str], None] | None = None
+
+    def __call__(self, event: str, payload: dict, to: str) -> None:
+        self.sent.append((event, payload, to))
+        if event == "error" and self.on_error:
+            self.on_error(payload, to)
+
+    def named(self, event: str) -> list[dict]:
+        return [payload for name, payload, _ in self.sent if name == event]
+
+
+def manager_with(backend: ScriptedBackend, **config) -> tuple[SessionManager, Recorder]:
+    app = create_app(Config(async_mode="threading", **config), backends={backend.name: backend})
+    manager = get_context(app).sessions
+    recorder = Recorder()
+    manager.emit = recorder
+    return manager, recorder
+
+
+def lost_span(error: dict) -> tuple[float, float]:
+    found = re.search(r"audio from ([\d.]+) s to ([\d.]+) s", error["message"])
+    assert found, error["message"]
+    return float(found[1]), float(found[2])
+
+
+def test_starts_still_opening_hold_their_slots():
+    opening, release = threading.Event(), threading.Event()
+    streams: list[ScriptedStream] = []
+
+    def slow_open() -> Stream:  # a cloud handshake: other handlers run meanwhile
+        opening.set()
+        release.wait(10)
+        streams.append(ScriptedStream())
+        return streams[-1]
+
+    manager, _ = manager_with(ScriptedBackend("cloud", slow_open), max_sessions=1)
+    outcome: list[object] = []
+    first = threading.Thread(target=lambda: outcome.append(manager.start("a", {"backend": "cloud"})))
+    first.start()
+    assert opening.wait(5)
+    with pytest.raises(TranscriptionError) as busy:
+        manager.start("b", {"backend": "cloud"})
+    assert busy.value.code == "server_busy"
+    with pytest.raises(InvalidRequest) as twice:  # the same connection, before its ready
+        manager.start("a", {"backend": "cloud"})
+    assert twice.value.code == "already_started"
+    release.set()
+    first.join(5)
+    assert [s.owner for s in manager.active()] == ["a"] and outcome == manager.active()
+    manager.stop("a")
+    assert manager.active()[0].done.wait(5) if manager.active() else True
+
+
+def test_a_connection_that_closes_while_its_start_opens_gets_no_session():
+    opening, release = threading.Event(), threading.Event()
+    streams: list[ScriptedStream] = []
+
+    def slow_open() -> Stream:
+        opening.set()
+        release.wait(10)
+        streams.append(ScriptedStream())
+        return streams[-1]
+
+    manager, _ = manager_with(ScriptedBackend("cloud", slow_open), max_sessions=1)
+    errors: list[str] = []
+
+    def start() -> None:
+        try:
+            manager.start("a", {"backend": "cloud"})
+        except TranscriptionError as exc:
+            errors.append(exc.code)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    assert opening.wait(5)
+    manager.disconnect("a")  # a ping timeout during the handshake
+    release.set()
+    starting.join(5)
+    # Nobody could ever stop that session: it is not started, and its stream is closed.
+    assert errors == ["not_started"] and streams[0].closed
+    assert manager.active() == []
+    release.clear()
+    release.set()
+    assert manager.start("b", {"backend": "cloud"}).owner == "b"  # the slot is free
+    manager.stop("b")
+
+
+def test_a_fatal_error_to_an_owner_that_disconnects_on_it_ends_the_session():
+    """Sending to a client that missed its ping runs the disconnect handler on the sending
+    task (Engine.IO does); the session must still end, and free its slot."""
+
+    def failing_feed(stream: ScriptedStream) -> list[Event]:
+        raise CloudError("connection lost (simulated)", code="cloud_connection_lost")
+
+    manager, recorder = manager_with(
+        ScriptedBackend("cloud", lambda: ScriptedStream(failing_feed)),
+        max_sessions=1,
+        cloud=CloudOptions(failover=False),
+    )
+    recorder.on_error = lambda payload, to: manager.disconnect(to)
+    session = manager.start("a", {"backend": "cloud"})
+    manager.audio("a", PCM_SECOND)
+    assert session.done.wait(10), "the session never ended"
+    (error,) = recorder.named("error")
+    assert error["fatal"] and lost_span(error) == (0.0, 1.0)
+    assert manager.active() == [] and len(recorder.named("stopped")) == 1
+
+
+def test_finals_committed_before_a_failure_in_the_same_call_are_delivered():
+    def feed(stream: ScriptedStream) -> list[Event]:
+        # Once, in the batch that holds the second second: an utterance ends (a final), then
+        # a decode fails.
+        if stream.fed >= 2 * SAMPLE_RATE and stream.fed - 2 * SAMPLE_RATE < SAMPLE_RATE:
+            failure = BackendFailure("decoding failed (simulated)")
+            failure.events = [Final(text="Deactivated.", start=1.1, end=1.9)]
+            stream.committed = 1.9
+            raise failure
+        return []
+
+    manager, recorder = manager_with(ScriptedBackend("local", lambda: ScriptedStream(feed)))
+    session = manager.start("a", {})
+    manager.audio("a", PCM_SECOND)
+    manager.audio("a", PCM_SECOND)
+    manager.stop("a")
+    assert session.done.wait(10)
+    events = [(name, payload.get("text") or payload.get("code")) for name, payload, _ in recorder.sent]
+    assert [e for e in events if e[0] in ("final", "error")] == [("final", "Deactivated."), ("error", "backend_error")]
+    assert recorder.named("stopped")[0]["transcript"] == "Deactivated."
+
+
+def test_a_failed_flush_reports_all_the_audio_not_yet_final():
+    stream = ScriptedStream()
+
+    def flush(stream: ScriptedStream) -> list[Event]:
+        raise BackendFailure("decoding failed (simulated)")
+
+    stream.on_flush = flush
+    stream.committed = 1.25  # the last final ended here; the rest waits for the flush
+    manager, recorder = manager_with(ScriptedBackend("local", lambda: stream))
+    session = manager.start("a", {})
+    for _ in range(3):
+        manager.audio("a", PCM_SECOND)
+    manager.stop("a")
+    assert session.done.wait(10)
+    (error,) = recorder.named("error")
+    assert error["code"] == "backend_error" and error["session_id"] == session.id
+    assert lost_span(error) == (1.25, 3.0)
