@@ -253,7 +253,8 @@ class CloudStream(Stream):
         # --- loop thread only ---
         self._seq = 0
         self._sent_samples = 0
-        self._unacked: collections.deque[tuple[int, int]] = collections.deque()  # (seq_no, samples up to it)
+        # (seq_no, samples up to it, loop time it was sent)
+        self._unacked: collections.deque[tuple[int, int, float]] = collections.deque()
         self._partial = ""
         self._word_delimiter = " "
         self._eot_event: asyncio.Event | None = None
@@ -549,6 +550,18 @@ class CloudStream(Stream):
                     if _connection_closed(client):
                         self._fail(self._lost_error())
                         return
+                    # A service that stops answering but keeps the socket open: feed() notices
+                    # only when it waits for room, and a paused client feeds nothing.
+                    oldest = self._unacked[0][2] if self._unacked else None
+                    if oldest is not None and asyncio.get_running_loop().time() - oldest > self._options.ack_timeout:
+                        self._fail(
+                            CloudError(
+                                f"Speechmatics acknowledged no audio for {self._options.ack_timeout:g} s"
+                                f" ({(self._sent_samples - self._acked_samples) / SAMPLE_RATE:.1f} s outstanding)",
+                                code="cloud_timeout",
+                            )
+                        )
+                        return
                     continue
                 items = [get.result()]
                 get = None
@@ -583,7 +596,7 @@ class CloudStream(Stream):
             # Recorded before sending: the acknowledgement may be handled while send awaits.
             self._seq += 1
             self._sent_samples += len(frame) // 2
-            self._unacked.append((self._seq, self._sent_samples))
+            self._unacked.append((self._seq, self._sent_samples, asyncio.get_running_loop().time()))
             try:
                 await client.send_audio(frame)
             except Exception as exc:  # noqa: BLE001 - mapped to a CloudError

@@ -512,6 +512,28 @@ def test_stalled_acks_fail_the_stream(speech: tuple[np.ndarray, list[Utterance]]
     assert stream.max_outstanding_samples <= 0.6 * 16000
 
 
+def test_a_service_that_stops_answering_fails_the_stream_of_a_paused_client(
+    speech: tuple[np.ndarray, list[Utterance]],
+) -> None:
+    # Less audio than max_unacked_seconds: feed() never waits, and a muted client feeds no
+    # more; the stream must still fail (and the session fail over) rather than wait forever.
+    audio = speech[0][: 2 * 16000]
+    with FakeSpeechmatics(ack_delay=math.inf) as fake:
+        stream = backend_for(fake, ack_timeout=0.5).open_stream(StreamOptions(language="en"))
+        try:
+            for i in range(0, len(audio), CHUNK):
+                stream.feed(audio[i : i + CHUNK])
+            stream.pause()
+            wait_for_poll(stream)
+            with pytest.raises(CloudError) as failure:
+                while True:  # partials may come first
+                    stream.poll()
+                    time.sleep(0.01)
+        finally:
+            stream.close()
+    assert failure.value.code == "cloud_timeout"
+
+
 # --- async modes: gevent, eventlet, plain threads ---------------------------------------------
 
 ASYNC_MODE_SCRIPT = textwrap.dedent(

@@ -452,6 +452,46 @@ def test_failover_starts_while_the_client_sends_nothing(serve, clip: Fixture):
     assert fake.sessions[0].dropped and len(fake.sessions) == 1
 
 
+def test_a_failover_while_the_client_is_paused_finalises_its_last_words(serve, clip: Fixture):
+    # The client pauses mid "Please enter the number to be removed from the blacklist." (11.1-
+    # 14.0 s); the connection dies when the server asks for the final of the words so far.
+    app, fake = serve(drop_on_force_end=True)
+    client = connect(app)
+    start(client, backend="cloud", language="en")
+    client.stream(clip.pcm[: int(DROP_AT * 16000) * 2], speed=4.0)
+    at = client.wait_for("backend_changed", timeout=15)[0]["at"]
+    deadline = time.monotonic() + 20
+    # The local model takes over, and the words after the last cloud final become final
+    # without more audio, as they would have from the cloud.
+    while not [f for f in client.named("final") if f["start"] >= at and "number" in f["text"]]:
+        assert time.monotonic() < deadline, f"no final after the failover: {client.named('final')}"
+        time.sleep(0.05)
+    assert client.named("error") == []
+    client.client.emit("stop")
+    client.wait_for("stopped", timeout=30)
+    assert fake.sessions[0].dropped and fake.sessions[0].forced
+
+
+def test_audio_no_longer_retained_at_a_failover_is_reported(serve, clip: Fixture, monkeypatch):
+    # The cloud finalises nothing after 2.3 s ("De-activated.") for longer than the server
+    # keeps audio for a failover (cut to 3 s here): what was let go must be named, not lost.
+    monkeypatch.setattr("server.sessions.MAX_RETAINED_SECONDS", 3.0)
+    app, _ = serve(fixture=clip.clip(3.0), fail_after=DROP_AT)
+    client = connect(app)
+    start(client, backend="cloud", language="en")
+    client.stream(clip.pcm[: int(DROP_AT * 16000) * 2], speed=4.0)
+    changed = client.wait_for("backend_changed", timeout=15)[0]
+    (error,) = client.wait_for("error", timeout=10)
+    span = re.search(r"audio from ([\d.]+) s to ([\d.]+) s", error["message"])
+    assert span and error["fatal"] is False and error["code"] == "cloud_connection_lost"
+    finals = client.named("final")
+    assert float(span.group(1)) == pytest.approx(finals[-1]["end"], abs=0.05)
+    assert float(span.group(2)) == pytest.approx(DROP_AT - 3.0, abs=0.2) == changed["at"]
+    client.client.emit("stop")
+    stopped = client.wait_for("stopped", timeout=60)[0]
+    assert stopped["duration"] == pytest.approx(DROP_AT, abs=0.01)
+
+
 def test_no_failover_to_a_local_model_without_the_session_language(serve, fr00: Fixture):
     # tiny.en cannot transcribe French: taking over would turn the rest of the session into
     # English gibberish, so the failure is reported instead, as with failover off.

@@ -21,7 +21,8 @@ word and punctuation results. All times are seconds of audio *received* (pcm_s16
 
 Scenario knobs: ``reject_key``, ``quota_exceeded`` (at start), ``fail_after`` seconds of audio
 (an abrupt drop, or an ``Error`` of type ``fail_with`` and its close code), ``ack_delay``
-(slow acknowledgements; ``math.inf``: never), ``start_delay`` (before ``RecognitionStarted``).
+(slow acknowledgements; ``math.inf``: never), ``start_delay`` (before ``RecognitionStarted``),
+``drop_on_force_end`` (the connection dies when a paused client's ``ForceEndOfUtterance`` comes).
 
 Use it as a context manager::
 
@@ -191,6 +192,7 @@ class FakeSpeechmatics:
         fail_with: str | None = None,  # None: drop the connection without a close frame
         ack_delay: float = 0.0,
         start_delay: float = 0.0,
+        drop_on_force_end: bool = False,
     ) -> None:
         self.utterances = list(utterances)
         self.api_key = api_key
@@ -200,6 +202,7 @@ class FakeSpeechmatics:
         self.fail_with = fail_with
         self.ack_delay = ack_delay
         self.start_delay = start_delay
+        self.drop_on_force_end = drop_on_force_end
         self.sessions: list[FakeSession] = []
         self.rejected_handshakes = 0
         self._tokens = [tokenize(u) for u in self.utterances]
@@ -439,6 +442,11 @@ class _Connection:
             await self._error("invalid_message", "timestamp must be a number >= 0")
             return
         self.session.forced.append(timestamp)
+        if self.server.drop_on_force_end:
+            self.session.dropped = True
+            self.ws.transport.abort()  # network loss: no close frame
+            self.closing = True
+            return
         received = self.session.received_seconds
         await self._transcribe(received, final=False, forced=True)
         metadata = {"start_time": round(received, 3), "end_time": round(received, 3)}
