@@ -119,14 +119,55 @@ class Resampler:
         return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32, copy=False)
 
 
-def load_audio(source: str | bytes | io.IOBase) -> np.ndarray:
-    """Decode a file (any format FFmpeg reads) to mono float32 16 kHz; :class:`InvalidAudio` if not audio."""
+def load_audio(source: str | bytes | io.IOBase, max_seconds: float | None = None) -> np.ndarray:
+    """Decode a file (any format FFmpeg reads) to mono float32 16 kHz; :class:`InvalidAudio` if
+    not audio, or (code ``audio_too_long``) if longer than ``max_seconds``."""
     import av
-    from faster_whisper.audio import decode_audio
 
     if isinstance(source, bytes):
         source = io.BytesIO(source)
+    limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    too_long = InvalidAudio(
+        f"the audio is longer than the limit of {max_seconds or 0:g} s (server option --max-file-seconds)",
+        code="audio_too_long",
+    )
+    chunks: list[np.ndarray] = []  # int16
+    total = 0
     try:
-        return decode_audio(source, sampling_rate=SAMPLE_RATE)
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise InvalidAudio("the file has no audio stream")
+            stream = container.streams.audio[0]
+            # A few compressed megabytes can hold days of silence: refuse what the container
+            # says is too long before decoding, and stop decoding at the limit if it lied.
+            if limit is not None and container.duration is not None and container.duration / av.time_base > max_seconds:
+                raise too_long
+            # s16 as faster-whisper does: FFmpeg mixes stereo to mono as the channels' mean for
+            # s16, but as their sum over sqrt(2) for float output (3 dB louder than the input).
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            for frame in _valid_frames(container.decode(stream)):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    total += chunks[-1].size
+                if limit is not None and total > limit:
+                    raise too_long
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
     except (av.error.FFmpegError, ValueError, IndexError, StopIteration) as exc:
         raise InvalidAudio(f"could not decode audio: {exc}") from exc
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
+def _valid_frames(frames):
+    """Skip frames FFmpeg cannot decode (a damaged stretch), as faster-whisper does."""
+    import av
+
+    iterator = iter(frames)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue

@@ -42,6 +42,9 @@ class Config:
     max_backlog: float = 60.0  # seconds of audio queued and not yet transcribed, per session
     max_upload_bytes: int = 100 << 20  # one POST /api/transcribe request
     max_file_jobs: int = 4  # uploaded files waiting for their turn (one is transcribed at a time)
+    # Audio in one upload: a few compressed megabytes can hold days of silence, decoded to
+    # 230 MB of memory per hour.
+    max_file_seconds: float = 4 * 3600.0
     language: str = "auto"  # default for sessions that do not name one
     # A client that sends nothing this long has its utterance in progress finalised (0: the
     # words wait for more audio or ``stop``).
@@ -77,6 +80,7 @@ class Config:
             max_backlog=args.max_backlog,
             max_upload_bytes=args.max_upload_bytes,
             max_file_jobs=args.max_file_jobs,
+            max_file_seconds=args.max_file_seconds,
             language=args.language,
             idle_final=args.idle_final,
             log_level=args.log_level.upper(),
@@ -168,6 +172,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         4,
         "uploaded files that may wait for the one being transcribed (more get 503)",
         type=int,
+    )
+    option(
+        "--max-file-seconds",
+        "LIVESCRIBE_MAX_FILE_SECONDS",
+        4 * 3600.0,
+        "longest audio in one file upload, in seconds (longer ones get 413; decoded audio takes"
+        " 230 MB of memory per hour)",
+        type=_seconds,
     )
     option("--log-level", "LIVESCRIBE_LOG_LEVEL", "INFO", "logging level", choices=LOG_LEVELS, type=str.upper)
 

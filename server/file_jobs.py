@@ -57,7 +57,10 @@ class FileJobs:
         """
         job = Job(name=name, size=size, fn=fn, done=self.runtime.queue())
         with self._lock:
-            if len(self._pending) >= self.max_queued:
+            # Only jobs behind a running one wait: with max_queued 0 a file is still taken
+            # when nothing runs.
+            busy = self._current is not None or bool(self._pending)
+            if busy and len(self._pending) >= self.max_queued:
                 raise QueueFull(f"{len(self._pending)} files are already waiting to be transcribed; try again later")
             self._pending.append(job)
             start_worker = not self._worker_running

@@ -11,6 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import PurePath
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -87,7 +88,7 @@ def _error(status: int, code: str, message: str) -> tuple[Response, int]:
 
 def parse_file_request(values) -> FileRequest:
     """Options of ``POST /api/transcribe`` from query/form fields; raises :class:`InvalidRequest`."""
-    language = (values.get("language") or "auto").strip()
+    language = (values.get("language") or "").strip() or "auto"
     if language != "auto" and not _LANGUAGE.fullmatch(language):
         raise InvalidRequest(
             f"language must be a code such as 'en' or 'auto', got {language!r}", code="unsupported_language"
@@ -158,7 +159,7 @@ def transcribe_file():
 
     def job():
         # Runs on a native thread, one file at a time (server.file_jobs).
-        audio = load_audio(upload.stream)
+        audio = load_audio(upload.stream, max_seconds=context.config.max_file_seconds)
         if audio.size == 0:
             raise InvalidAudio("the file contains no audio samples")
         started = time.perf_counter()
@@ -174,7 +175,7 @@ def transcribe_file():
         metrics.on_file(0.0, 0.0, ok=False)
         # FFmpeg names the input it failed on, which for an upload is a nameless stream.
         reason = re.sub(r": '?None'?$", "", exc.message)
-        return _error(400, "invalid_audio", f"{name}: {reason}")
+        return _error(413 if exc.code == "audio_too_long" else 400, exc.code, f"{name}: {reason}")
     except TranscriptionError as exc:
         metrics.on_file(0.0, 0.0, ok=False)
         logger.warning("file %s: %s (%s)", name, exc.message, exc.code)
@@ -192,8 +193,16 @@ def transcribe_file():
     return Response(
         render(transcript, fmt.name),
         content_type=fmt.content_type,
-        headers={"Content-Disposition": f'inline; filename="{PurePath(name).stem}.{fmt.extension}"'},
+        headers={"Content-Disposition": content_disposition(f"{PurePath(name).stem}.{fmt.extension}")},
     )
+
+
+def content_disposition(filename: str) -> str:
+    """``inline`` with the file name for every client (RFC 6266): an ASCII stand-in, and the
+    name itself percent-encoded as UTF-8 (a header holds only Latin-1, and a quote or a line
+    break in an uploaded name must not end the value)."""
+    fallback = re.sub(r'[^\x20-\x7e]|["\\]', "_", filename)
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 # --- operations ---------------------------------------------------------------------------

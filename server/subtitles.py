@@ -16,7 +16,7 @@ from server.word_times import shown_segments
 
 # Subtitle conventions: at most two lines of about 42 characters on screen at once.
 LINE_CHARS = 42
-CUE_CHARS = 2 * LINE_CHARS
+CUE_LINES = 2
 # A cue stays up at least this long unless the next one starts sooner (broadcast guides ask
 # for about 5/6 s): a one-word utterance's alignment can end where it starts, and a 1 ms cue
 # is never seen.
@@ -130,24 +130,34 @@ def _one_line(text: str) -> str:
     return " ".join(text.replace("-->", "->").split())
 
 
+def _fits(text: str) -> bool:
+    # Not a count of characters: wrapping only at spaces, 84 characters can need three lines.
+    return len(_wrap(_one_line(text), LINE_CHARS)) <= CUE_LINES
+
+
 def _split(segment: dict) -> list[tuple[float, float, str]]:
     text = _one_line(segment["text"])
     start, end = float(segment["start"]), float(segment["end"])
-    if len(text) <= CUE_CHARS:
+    if _fits(text):
         return [(start, end, text)]
     words = [w for w in segment.get("words") or () if w.get("word", "").strip()]
     if words:
         pieces, current = [], []
         for word in words:
             candidate = "".join(w["word"] for w in [*current, word]).strip()
-            if current and len(candidate) > CUE_CHARS:
+            if current and not _fits(candidate):
                 pieces.append(current)
                 current = []
             current.append(word)
         pieces.append(current)
         return [(p[0]["start"], p[-1]["end"], "".join(w["word"] for w in p).strip()) for p in pieces]
     # No word times: share the segment's time among chunks in proportion to their length.
-    chunks = _wrap(text, CUE_CHARS)
+    chunks: list[str] = []
+    for word in text.split():
+        if chunks and _fits(f"{chunks[-1]} {word}"):
+            chunks[-1] = f"{chunks[-1]} {word}"
+        else:
+            chunks.append(word)
     total = sum(len(c) for c in chunks)
     result, at = [], start
     for chunk in chunks:

@@ -92,6 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             files.append(path)
     if not files:
         return EXIT_FAILED
+    if output is not None:
+        # Two inputs with one name (a/talk.wav, b/talk.mp3) would write one output over the
+        # other; say so before a model is loaded or a file written.
+        seen: dict[str, Path] = {}
+        for path in files:
+            if path.stem in seen:
+                return _fail(
+                    f"{seen[path.stem]} and {path} would both be written as {output / path.stem}.*;"
+                    " transcribe them in separate runs with different --output folders",
+                    EXIT_USAGE,
+                )
+            seen[path.stem] = path
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return _fail(f"--output {output}: {exc.strerror or exc}", EXIT_USAGE)
 
     from backends.local import LocalBackend, LocalBackendOptions
 
@@ -113,8 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = DecodeOptions(
         language=language, task=args.task, word_timestamps=args.word_timestamps, beam_size=args.beam_size
     )
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
     progress = _show_progress(args)
     for path in files:
         try:
@@ -130,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.flush()
             else:
                 target = output / f"{path.stem}.{FORMATS[fmt].extension}"
-                target.write_text(text, encoding="utf-8")
+                try:
+                    target.write_text(text, encoding="utf-8")
+                except OSError as exc:  # a full disk, a read-only file: the other files go on
+                    _error(f"{path}: cannot write {target}: {exc.strerror or exc}")
+                    failed += 1
+                    break
                 print(f"{path} -> {target}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 

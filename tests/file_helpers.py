@@ -18,6 +18,22 @@ def write_wav(path: Path, pcm: bytes, rate: int = 16000) -> Path:
     return path
 
 
+def write_video_only(path: Path, seconds: float = 1.0) -> Path:
+    """An MP4 with a video track and no sound (a silent screen recording)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(int(25 * seconds)):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+    return path
+
+
 def write_mp3(path: Path, pcm: bytes, rate: int = 16000) -> Path:
     """MP3 at 44.1 kHz stereo through PyAV: a compressed format at another rate and layout."""
     import av

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -103,3 +106,32 @@ def test_load_audio_reads_files_and_rejects_garbage(tmp_path):
     bogus.write_bytes(b"this is not audio at all" * 100)
     with pytest.raises(InvalidAudio):
         load_audio(str(bogus))
+
+
+def test_load_audio_stops_at_its_length_limit(tmp_path):
+    from tests.conftest import FIXTURES
+    from tests.file_helpers import write_video_only
+
+    path = str(FIXTURES / "en-dev-silence-00.wav")  # 30 s
+    assert len(load_audio(path, max_seconds=30.5)) == 30 * 16000
+    with pytest.raises(InvalidAudio) as too_long:
+        load_audio(path, max_seconds=29.0)
+    assert too_long.value.code == "audio_too_long"
+    # A stream that does not say how long it is (a WAV of unknown size, read like a pipe)
+    # is stopped while decoding.
+    data = Path(path).read_bytes()
+    data = data[:40] + b"\xff\xff\xff\xff" + data[44:]
+
+    class Pipe:
+        def __init__(self) -> None:
+            self._data = io.BytesIO(data)
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data.read(size)
+
+    assert len(load_audio(Pipe())) == 30 * 16000
+    with pytest.raises(InvalidAudio) as still_too_long:
+        load_audio(Pipe(), max_seconds=10.0)
+    assert still_too_long.value.code == "audio_too_long"
+    with pytest.raises(InvalidAudio, match="no audio stream"):
+        load_audio(str(write_video_only(tmp_path / "screen.mp4")))

@@ -19,7 +19,7 @@ from bench.wer import wer
 from server.app import create_app
 from server.config import Config
 from tests.conftest import Fixture
-from tests.file_helpers import write_mp3, write_wav
+from tests.file_helpers import write_mp3, write_video_only, write_wav
 from tests.streaming import TestClientRecorder
 
 
@@ -82,7 +82,7 @@ def test_subtitle_formats(app, tmp_path: Path, clip: Fixture, fmt: str, content_
     response = post(app.test_client(), mp3, name="talk.mp3", format=fmt)
     assert response.status_code == 200, response.get_json()
     assert response.mimetype == content_type and response.mimetype_params["charset"] == "utf-8"
-    assert response.headers["Content-Disposition"] == f'inline; filename="talk.{fmt}"'
+    assert response.headers["Content-Disposition"] == f"inline; filename=\"talk.{fmt}\"; filename*=UTF-8''talk.{fmt}"
     text = response.get_data(as_text=True)
     if fmt == "srt":
         text = " ".join(s.content for s in srt.parse(text, ignore_errors=False))
@@ -91,7 +91,7 @@ def test_subtitle_formats(app, tmp_path: Path, clip: Fixture, fmt: str, content_
     assert wer(clip.text, text) < 0.25
 
 
-def test_bad_requests(app, clip_wav: bytes):
+def test_bad_requests(app, tmp_path: Path, clip_wav: bytes):
     client = app.test_client()
 
     def error(response, status: int) -> dict:
@@ -104,6 +104,9 @@ def test_bad_requests(app, clip_wav: bytes):
     assert "None" not in garbage["message"]
     text = error(post(client, b"hello, this is a text file\n", name="notes.txt"), 400)
     assert text["code"] == "invalid_audio"
+    silent_video = write_video_only(tmp_path / "screen.mp4").read_bytes()
+    video = error(post(client, silent_video, name="screen.mp4"), 400)
+    assert video == {"code": "invalid_audio", "message": "screen.mp4: the file has no audio stream"}
     assert error(client.post("/api/transcribe", data={"other": "x"}), 400)["code"] == "invalid_request"
     assert error(post(client, clip_wav, format="docx"), 400)["code"] == "invalid_format"
     assert error(post(client, clip_wav, format="srt", analysis="true"), 400)["code"] == "invalid_format"
@@ -124,6 +127,30 @@ def test_upload_size_limit(local_backend, en00: Fixture, tmp_path: Path):
     error = response.get_json()["error"]
     assert error["code"] == "payload_too_large" and "50000 bytes" in error["message"]
     assert post(client, small).status_code == 200
+
+
+def test_audio_length_limit(local_backend, en00: Fixture, tmp_path: Path):
+    # A few compressed megabytes can hold hours of audio: the limit is on seconds, too.
+    app = create_app(Config(async_mode="threading", max_file_seconds=2.0), backends={"local": local_backend})
+    client = app.test_client()
+    for path in (
+        write_wav(tmp_path / "long.wav", en00.clip(3.0).pcm),
+        write_mp3(tmp_path / "long.mp3", en00.clip(3.0).pcm),
+    ):
+        response = post(client, path.read_bytes(), name=path.name)
+        assert response.status_code == 413, response.get_json()
+        error = response.get_json()["error"]
+        assert error["code"] == "audio_too_long" and "2 s" in error["message"] and path.name in error["message"]
+    assert post(client, write_wav(tmp_path / "short.wav", en00.clip(1.5).pcm).read_bytes()).status_code == 200
+
+
+def test_a_file_name_outside_latin_1_names_the_subtitles(app, en00: Fixture, tmp_path: Path):
+    wav = write_wav(tmp_path / "clip.wav", en00.clip(2.5).pcm).read_bytes()
+    response = post(app.test_client(), wav, name="会议 Q3.wav", format="srt", language=" ")  # blank: auto
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["Content-Disposition"] == (
+        "inline; filename=\"__ Q3.srt\"; filename*=UTF-8''%E4%BC%9A%E8%AE%AE%20Q3.srt"
+    )
 
 
 def test_health_and_ready(app):
@@ -163,6 +190,12 @@ def test_status_shows_sessions_and_backlog(app, socketio, en00: Fixture):
     live.client.emit("stop")
     live.wait_for("stopped", timeout=60)
     assert client.get("/api/status").get_json()["sessions"]["active"] == 0
+
+
+def test_no_waiting_files_still_takes_one_at_a_time(local_backend, en00: Fixture, tmp_path: Path):
+    app = create_app(Config(async_mode="threading", max_file_jobs=0), backends={"local": local_backend})
+    wav = write_wav(tmp_path / "clip.wav", en00.clip(2.0).pcm).read_bytes()
+    assert post(app.test_client(), wav).status_code == 200
 
 
 def test_file_jobs_run_one_at_a_time_and_a_full_queue_is_refused(local_backend, clip_wav: bytes):

@@ -10,7 +10,16 @@ import srt
 import webvtt
 
 from backends.base import DecodeResult, Segment, Word
-from server.subtitles import CUE_CHARS, FORMATS, MIN_CUE_SECONDS, cues, render, timestamp, transcript_from_result
+from server.subtitles import (
+    CUE_LINES,
+    FORMATS,
+    LINE_CHARS,
+    MIN_CUE_SECONDS,
+    cues,
+    render,
+    timestamp,
+    transcript_from_result,
+)
 
 
 def words_of(text: str, start: float, end: float) -> list[dict]:
@@ -27,6 +36,9 @@ LONG = (
     " for well over two lines of forty-two characters each, as Whisper segments often do."
 )
 
+# 82 characters, yet three lines when wrapped at 42 only at spaces.
+THREE_LINES = "Please remember that the quarterly financial statements are due tomorrow afternoon"
+
 TRANSCRIPT = {
     "language": "en",
     "duration": 4000.0,
@@ -38,6 +50,8 @@ TRANSCRIPT = {
         {"start": 3.0, "end": 3.0, "text": "Blip."},
         {"start": 3.2, "end": 20.0, "text": LONG, "words": words_of(LONG, 3.2, 20.0)},
         {"start": 21.0, "end": 35.0, "text": LONG},  # long, without word times
+        {"start": 36.0, "end": 38.0, "text": THREE_LINES, "words": words_of(THREE_LINES, 36.0, 38.0)},
+        {"start": 38.0, "end": 40.0, "text": THREE_LINES},
         {"start": 40.0, "end": 41.0, "text": "   "},  # nothing to show
         {"start": 3725.25, "end": 3727.0, "text": "Over an hour in."},
     ],
@@ -70,7 +84,8 @@ def check_cues(cues: list[tuple[float, float, str]]) -> None:
         assert text.strip()
         lines = text.split("\n")
         assert all(line.strip() for line in lines)
-        assert len(" ".join(lines)) <= CUE_CHARS + 20
+        shown = [html.unescape(line) for line in lines]  # VTT escapes "<", "&", ">"
+        assert len(shown) <= CUE_LINES and all(len(line) <= LINE_CHARS for line in shown), shown
         previous_end = end
 
 

@@ -101,6 +101,20 @@ def test_only_missing_files_fail_without_loading_a_model(tmp_path: Path):
     assert proc.stderr.count("no such file") == 2 and "unknown model" not in proc.stderr
 
 
+def test_outputs_that_would_clash_or_cannot_be_written_exit_2_before_loading(tmp_path: Path, en00: Fixture):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_wav(tmp_path / "a" / "talk.wav", en00.clip(2.0).pcm)
+    second = write_wav(tmp_path / "b" / "talk.wav", en00.clip(2.0).pcm)
+    # "--model no-such-model": exit 2 for the model would mean the names were not checked first.
+    proc = run_cli(str(first), str(second), "--output", str(tmp_path / "out"), "--model", "no-such-model")
+    assert proc.returncode == 2 and "would both be written" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = run_cli(str(first), "--output", str(first / "sub"), "--model", "no-such-model")
+    assert proc.returncode == 2 and "--output" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "unknown model" not in proc.stderr
+
+
 def test_progress_bar_on_a_terminal(tmp_path: Path, en00: Fixture):
     wav = write_wav(tmp_path / "clip.wav", en00.clip(12.0).pcm)
     master, slave = pty.openpty()
