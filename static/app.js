@@ -95,6 +95,9 @@ let client = null;
 let mic = null;
 let runState = "idle"; // idle | starting | running | stopping
 let session = null; // `ready` payload of our running session
+let sentSeconds = 0; // audio sent in our running session (its duration if it is lost)
+let endedByServer = null; // session_id of ours ended by a fatal error: its `stopped` is still due
+const ignoredSessions = new Set(); // sessions the page gave up on (a `ready` after the timeout)
 // Muted: the microphone stays open but nothing is sent; the server finalises the words said
 // before the gap once it has heard nothing for its --idle-final (1 s), and the session goes on.
 let muted = false;
@@ -441,6 +444,7 @@ function onFinal(payload) {
 /** In our own mode only our session's events count (a stale session's late events do not). */
 function isOurs(payload) {
   if (mode === "watch") return true;
+  if (payload && ignoredSessions.has(payload.session_id)) return false;
   return Boolean(payload && (!session || payload.session_id === session.session_id || runState === "idle"));
 }
 
@@ -466,6 +470,7 @@ function onChunk(msg) {
 
 function sendChunk(msg) {
   client.sendAudio(msg.pcm);
+  sentSeconds += msg.samples / TARGET_RATE;
   latency.sent(msg.samples / TARGET_RATE);
 }
 
@@ -530,6 +535,7 @@ async function startSession() {
 
 function onReady(ready) {
   session = ready;
+  sentSeconds = 0;
   runState = "running";
   renderSessionStatus(ready);
   const url = new URL(location.href);
@@ -568,11 +574,16 @@ async function stopSession() {
 }
 
 function onOwnStopped(stopped) {
-  transcript.endSession(stopped.session_id, Number(stopped.duration));
-  renderPartial(null);
-  afterTranscriptChange();
+  endOwnSession(stopped.session_id, Number(stopped.duration));
   el.sessionState.textContent = `Session ended after ${formatClock(Number(stopped.duration) || 0)} of audio.`;
   announce("Recording stopped");
+}
+
+/** Our session is over: its partial goes, and the next session starts after its audio. */
+function endOwnSession(sessionId, duration) {
+  transcript.endSession(sessionId, duration);
+  renderPartial(null);
+  afterTranscriptChange();
 }
 
 /** Drop a capture that never became (or no longer is) a server session. */
@@ -758,7 +769,20 @@ function wireClient() {
       el.statusModel.textContent = info.model || "—";
     }
   });
+  client.on("ready", (p) => {
+    // A `ready` for a start the page gave up on (it timed out): that session would run on,
+    // hold a server slot and refuse every later start on this connection. End it unseen.
+    if (mode === "own" && runState === "idle" && p && p.session_id) {
+      ignoredSessions.add(p.session_id);
+      client.stop().catch(() => {});
+    }
+  });
   client.on("stopped", (p) => {
+    if (mode === "own" && p && p.session_id === endedByServer) {
+      // Ours, ended by a fatal error: later sessions start after its audio.
+      endedByServer = null;
+      endOwnSession(p.session_id, Number(p.duration));
+    }
     if (mode === "watch") {
       transcript.endSession(p.session_id, Number(p.duration));
       renderPartial(null);
@@ -771,6 +795,10 @@ function wireClient() {
     showServerError(err);
     if (err.fatal && mode === "own" && (runState === "running" || runState === "stopping")) {
       el.sessionState.textContent = "The session was ended by an error.";
+      if (session) {
+        endedByServer = session.session_id;
+        endOwnSession(session.session_id, sentSeconds); // its `stopped` corrects the duration
+      }
       abandonCapture();
     }
   });
@@ -781,6 +809,7 @@ function wireClient() {
       key: "session",
     });
     el.sessionState.textContent = "Session lost with the connection.";
+    if (session) endOwnSession(session.session_id, sentSeconds);
     abandonCapture();
   });
 }

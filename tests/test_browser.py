@@ -527,6 +527,53 @@ def test_errors_connection_changes_and_failover_are_shown_in_words(fake_page):
     assert not page.page_errors
 
 
+def test_a_session_ended_by_an_error_leaves_no_partial_and_the_next_starts_after_it(fake_page):
+    page = fake_page()
+    fire(page, "connect")
+    fire(page, "server_info", server_info(LOCAL_TINY_EN, CLOUD_ON))
+    page.click("label[for=backend-cloud]")
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    fire(page, "ready", {**READY, "backend": "cloud", "language": "en", "task": "transcribe"})
+    fire(page, "final", {"session_id": "s1", "segment_id": 0, "text": "Hello there.", "start": 0.0, "end": 1.0})
+    fire(page, "partial", {"session_id": "s1", "text": "please enter the", "start": 1.2, "end": 2.0})
+    lost = "lost; audio from 1.00 s to 2.50 s was not transcribed"
+    fire(page, "error", {"code": "cloud_connection_lost", "message": lost, "fatal": True, "session_id": "s1"})
+    fire(page, "stopped", {"session_id": "s1", "duration": 2.5, "transcript": "Hello there.", "analysis": {}})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    assert not page.is_visible("#partial")  # the dead session's words-in-progress are gone
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.filter(e => e[0] === 'start').length === 2")
+    fire(page, "ready", {**READY, "session_id": "s2", "room": "s2", "language": "en", "task": "transcribe"})
+    assert page.evaluate("window.livescribe.transcript.offsetFor('s2')") == 2.5
+    assert not page.page_errors
+
+
+def test_a_ready_after_the_start_timed_out_is_stopped_not_shown(launch, static_url):
+    browser = launch()
+    page = browser.new_page()
+    page.clock.install()
+    page.route(
+        "**/static/vendor/socket.io.min.js",
+        lambda route: route.fulfill(body=FAKE_SOCKET_IO_JS, content_type="text/javascript"),
+    )
+    page.goto(f"{static_url}/static/index.html")
+    page.wait_for_function("window.__fake && window.__fake.fire && window.livescribe")
+    fire(page, "connect")
+    fire(page, "server_info", server_info(LOCAL_TINY_EN, CLOUD_ON))
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    page.clock.run_for(31_000)  # the page stops waiting for `ready`
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    # A socket that reconnected sends the buffered start: its late `ready` must not leave a
+    # session running that the page cannot stop (and that refuses every later start).
+    fire(page, "ready", {**READY, "language": "en", "task": "transcribe"})
+    page.clock.run_for(1000)
+    assert len(emitted(page, "stop")) == 1 and page.evaluate("window.livescribe.state") == "idle"
+    fire(page, "partial", {"session_id": "s1", "text": "ghost words", "start": 0, "end": 1})
+    assert not page.is_visible("#partial")
+
+
 # --- end to end against the real server -----------------------------------------------------
 
 TRAILING_SILENCE = 8.0
