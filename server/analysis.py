@@ -47,7 +47,10 @@ FILLERS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 
-_WORD = re.compile(r"[\w]+(?:['’][\w]+)*", re.UNICODE)
+# A number with its separators ("10,000", "3.50", "3:30") and a dotted abbreviation ("U.S.")
+# are one word each: Whisper writes numbers as digits, and splitting them made words per
+# minute run high on speech full of figures.
+_WORD = re.compile(r"\d+(?:[.,:]\d+)*|(?:[^\W\d_]\.){2,}|\w+(?:['’]\w+)*", re.UNICODE)
 
 TranscriptItem = Word | Final | Segment | str
 

@@ -18,6 +18,12 @@ def reference_spans(fixture: Fixture) -> list[tuple[float, float]]:
     return [(u["start"], u["end"]) for u in fixture.reference["utterances"]]
 
 
+def test_numbers_and_abbreviations_count_as_one_word():
+    assert tokenize("We sold 10,000 units at $3.50 in the U.S. at 3:30, didn't we?") == [
+        "we", "sold", "10,000", "units", "at", "3.50", "in", "the", "u.s.", "at", "3:30", "didn't", "we",
+    ]  # fmt: skip
+
+
 def test_known_words_and_pauses(en00: Fixture):
     # en-dev-00's first 15 s (from its JSON): utterances at 1.160-2.260, 4.167-5.317,
     # 6.606-9.886 and 11.109-14.009 s, so 8.43 s of speech and gaps of 1.907, 1.289, 1.223 s.
