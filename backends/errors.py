@@ -23,6 +23,9 @@ class TranscriptionError(Exception):
         # What a stream produced in the same call before it failed (words it had already
         # committed): the caller still delivers them, or they would be lost with the call.
         self.events: list[Any] = []
+        # Stream seconds from which the audio the stream had taken is lost with this failure
+        # (an utterance whose final decode failed); None: only the audio of the failed call.
+        self.lost_since: float | None = None
         if code is not None:
             self.code = code
         if fatal is not None:

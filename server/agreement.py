@@ -22,7 +22,8 @@ def drop_repetitions(words: Sequence[Word], keep: int = 0) -> list[Word]:
     copy aligned to one instant. The first ``keep`` words are already committed (the decoder's
     prefix): only a loop that reaches past them is cut, and never before them (after a forced
     prefix Whisper sometimes says the last sentence again: "patience. | Thank you for your
-    patience."). Of the two copies, the one the audio better accounts for stays.
+    patience."). Of the two copies, the one the audio better accounts for stays. Committed
+    words said again with audio of their own are speech, not a loop (a repeated prompt).
     """
     keys = [word_key(w.text) for w in words]
     for i in range(len(keys)):
@@ -31,10 +32,29 @@ def drop_repetitions(words: Sequence[Word], keep: int = 0) -> list[Word]:
             while keys[i + repeats * n : i + (repeats + 1) * n] == keys[i : i + n]:
                 repeats += 1
             looping = repeats >= 3 or (repeats >= 2 and n >= 3)
-            if looping and any(keys[i : i + n]) and i + repeats * n > keep:
-                cut = max(keep, i)
-                first, second = list(words[cut : i + n]), list(words[cut + n : i + 2 * n])
-                return list(words[:cut]) + (second if _spoken(second) > 2 * _spoken(first) else first)
+            end = i + repeats * n
+            if not looping or not any(keys[i : i + n]) or end <= keep:
+                continue
+            if i >= keep:  # a loop in the new words: one copy stays, and nothing after it
+                first, second = list(words[i : i + n]), list(words[i + n : i + 2 * n])
+                return list(words[:i]) + (second if _spoken(second) > 2 * _spoken(first) else first)
+            at = i + (keep - i) // n * n  # the copy that holds the first new word, or starts it
+            if at == keep:
+                # The copies before ``keep`` are committed, whole. The new ones are either the
+                # decoder saying committed text again (aligned to an instant: it has no audio
+                # of its own) or the speaker saying it again (a prompt repeated, "can you hear
+                # me?" twice): only the first kind is a loop, and the words after it are new
+                # either way.
+                spoken = _spoken(words[keep - n : keep])
+                copies = [words[k : k + n] for k in range(keep, end, n)]
+                if all(_spoken(copy) >= max(0.5 * spoken, 0.1 * n) for copy in copies):
+                    continue
+                return list(words[:keep]) + list(words[end:])
+            if at + n >= end:  # only the last copy's end is new: nothing new is said twice
+                continue
+            # A copy goes on past the committed words and the next says it again.
+            first, second = list(words[keep : at + n]), list(words[keep + n : at + 2 * n])
+            return list(words[:keep]) + (second if _spoken(second) > 2 * _spoken(first) else first)
     return list(words)
 
 

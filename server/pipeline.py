@@ -174,6 +174,24 @@ class StreamingPipeline(Stream):
     # --- Stream ------------------------------------------------------------------------
 
     def feed(self, audio: np.ndarray) -> list[Event]:
+        # A long batch (a worker that fell behind, the audio re-fed at a failover) goes in
+        # slices of two steps: inside one, steps and trims wait for its end, and an utterance
+        # it both holds and ends would be decoded whole, past the 30 s the decoder takes.
+        # (45 s of speech without a pause in one batch: 94 of 136 words in 7.5 s slices, 134
+        # in 2 s slices with half the decodes of real time.)
+        size = max(SAMPLE_RATE, int(2 * self._p.step * SAMPLE_RATE))
+        if len(audio) <= size:
+            return self._feed(audio)
+        events: list[Event] = []
+        for at in range(0, len(audio), size):
+            try:
+                events += self._feed(audio[at : at + size])
+            except TranscriptionError as exc:
+                exc.events = events + exc.events
+                raise
+        return events
+
+    def _feed(self, audio: np.ndarray) -> list[Event]:
         events: list[Event] = []
         self._buffer = np.concatenate([self._buffer, audio]) if self._buffer.size else audio.copy()
         self._total += len(audio)
@@ -205,13 +223,15 @@ class StreamingPipeline(Stream):
         # stopped if a pause had begun (the usual final decode, or the probe's hypothesis),
         # else at the last sample, which then counts as the end of speech.
         events: list[Event] = []
-        if self._window_start is not None:
-            speech_end = self._vad.pause_start
-            if speech_end is None:
-                events = self._finish(self._total)
-            else:
-                events = self._finish(min(self._total, speech_end + self._pad), speech_end=speech_end)
-        self._vad.end_speech()
+        try:
+            if self._window_start is not None:
+                speech_end = self._vad.pause_start
+                if speech_end is None:
+                    events = self._finish(self._total)
+                else:
+                    events = self._finish(min(self._total, speech_end + self._pad), speech_end=speech_end)
+        finally:
+            self._vad.end_speech()
         return events
 
     @property
@@ -285,13 +305,23 @@ class StreamingPipeline(Stream):
         if covered and not self._last_unusable:
             events += self._emit(self._agreement.commit_all(), end=end / SAMPLE_RATE)
         elif end > self._window_start:
-            decoded = self._decode(self._window_start, end, final=True)
-            events += decoded.events
-            if decoded.silent and not self._p.final_full_context:
-                # A short window padded to a few seconds reads as "no speech" more often than
-                # the same audio in Whisper's full 30 s context: check before dropping words.
-                decoded = self._decode(self._window_start, end, final=True, full_context=True)
+            try:
+                decoded = self._decode(self._window_start, end, final=True)
                 events += decoded.events
+                if decoded.silent and not self._p.final_full_context:
+                    # A short window padded to a few seconds reads as "no speech" more often
+                    # than the same audio in Whisper's full 30 s context: check before
+                    # dropping words.
+                    decoded = self._decode(self._window_start, end, final=True, full_context=True)
+                    events += decoded.events
+            except TranscriptionError as exc:
+                # The utterance is over and its words cannot be had: end it anyway (left
+                # open, it would decode the silence after it, where Whisper invents words),
+                # and name what it cost from its last commit.
+                exc.lost_since = self._committed_until
+                self._agreement.reset_pending()
+                exc.events = events + self._close_utterance(end, speech=False) + exc.events
+                raise
             words = decoded.words
             if decoded.looped:
                 # A loop hid what was said: the last step's hypothesis is the best account of
@@ -301,11 +331,18 @@ class StreamingPipeline(Stream):
             events += self._emit(self._agreement.commit_all(words), end=end / SAMPLE_RATE)
         else:
             self._agreement.reset_pending()
+        return events + self._close_utterance(end)
+
+    def _close_utterance(self, end: int, speech: bool = True) -> list[Event]:
+        """Forget the utterance that ended at ``end`` (its words are committed, or lost)."""
+        assert self._window_start is not None
+        events: list[Event] = []
         if self._partial:
             self._partial = ""
             events.append(Partial(text="", start=end / SAMPLE_RATE, end=end / SAMPLE_RATE))
-        events.append(SpeechActivity(start=self._speech_start / SAMPLE_RATE, end=end / SAMPLE_RATE))
-        self._remember(self._window_start, end, self._window_words)
+        if speech:
+            events.append(SpeechActivity(start=self._speech_start / SAMPLE_RATE, end=end / SAMPLE_RATE))
+            self._remember(self._window_start, end, self._window_words)
         self._window_words = []
         self._utterance_last = None
         self._committed_until = end / SAMPLE_RATE

@@ -225,13 +225,15 @@ class SessionManager:
                 " smaller chunks (about 100 ms each)",
                 code="payload_too_large",
             )
-        samples = session.resampler(decode_pcm(payload, session.audio_format.encoding))
+        pcm = decode_pcm(payload, session.audio_format.encoding)
         backlog = (session.accepted - session.processed) / SAMPLE_RATE
         if backlog > self.config.max_backlog:
             raise TranscriptionError(
                 f"the server is {backlog:.0f} s behind on this session; this payload was refused",
                 code="overloaded",
             )
+        # Only audio that is accepted goes through the resampler, which keeps a little of it.
+        samples = session.resampler(pcm)
         if samples.size:
             with session.accepting:
                 if session.state != "running":  # a failure ended the session meanwhile
@@ -425,6 +427,8 @@ class SessionManager:
         if not can_fail_over:
             committed = session.offset + session.stream.committed_until
             lost_from = min(committed, start / SAMPLE_RATE) if session.backend != "local" else start / SAMPLE_RATE
+            if exc.lost_since is not None:  # the stream says what it lost (an utterance)
+                lost_from = min(lost_from, session.offset + exc.lost_since)
             logger.warning("session %s: %s (%s)", session.id, exc.message, exc.code)
 
             def report(end: int, fatal: bool) -> None:

@@ -131,11 +131,20 @@ def test_drop_repetitions_cuts_decoder_loops():
 
 def test_drop_repetitions_across_a_committed_prefix():
     # After a forced prefix Whisper sometimes says the last sentence again.
+    # It has no audio of its own: the alignment puts it on one instant. The words after it
+    # are new.
     prefix = words("thank you for your patience")
-    again = words("thank you for your patience", start=1.5)
-    assert drop_repetitions(prefix + again, keep=len(prefix)) == prefix
+    again = [Word(w.text, 1.5, 1.5) for w in words("thank you for your patience")]
     new = words("please hold", start=1.5)
+    assert drop_repetitions(prefix + again + new, keep=len(prefix)) == prefix + new
     assert drop_repetitions(prefix + new, keep=len(prefix)) == prefix + new
+    # A speaker who says it again (a prompt repeated after a pause, "can you hear me?"
+    # twice) is heard: every word of both copies stays.
+    spoken_again = words("thank you for your patience", start=2.5)
+    then = words("please hold", start=4.0)
+    assert drop_repetitions(prefix + spoken_again + then, keep=len(prefix)) == prefix + spoken_again + then
+    press = words("press 1 4")
+    assert drop_repetitions(press + words("press 1 4", start=2.0), keep=3) == press + words("press 1 4", start=2.0)
     # A loop entirely inside the committed words is not the decoder's doing now: keep the rest.
     said = words("press 1 press 1 press 1")
     assert drop_repetitions(said + new, keep=len(said)) == said + new

@@ -757,3 +757,63 @@ def test_a_failure_keeps_the_finals_the_same_batch_committed_before_it():
     assert decoder.calls == 2
     assert [w.split("~")[0] for w in committed_words(failure.value.events)] == ["w2", "w3", "w4", "w5"]
     assert pipeline.committed_until == pytest.approx(1.5 + 0.2)  # the first utterance's padded end
+
+
+def test_a_sentence_said_again_is_transcribed_again(local_backend, en00: Fixture):
+    # A repeated prompt: "Thank you for your patience." twice, then "Please hold while we try
+    # to connect you.". The loop guard once took the second copy for the decoder re-saying its
+    # prefix, and dropped it with everything after it: a whole utterance without a final.
+    def cut(start: float, end: float) -> np.ndarray:
+        return en00.audio[int(start * 16000) : int(end * 16000)]
+
+    def silence(seconds: float) -> np.ndarray:
+        return np.zeros(int(seconds * 16000), dtype=np.float32)
+
+    thank, hold = cut(15.40, 16.95), cut(34.0, 36.5)
+    audio = np.concatenate([silence(0.5), thank, silence(0.8), thank, hold, silence(2.0)])
+    events = run(StreamingPipeline(local_backend, StreamOptions(language="en")), audio)
+    reference = "Thank you for your patience. Thank you for your patience. Please hold while we try to connect you."
+    assert wer(reference, finals(events)) < 0.15, finals(events)
+
+
+def test_an_utterance_whose_final_decode_fails_ends_and_names_what_it_cost():
+    # Left open after the VAD's end was consumed, it would be decoded again and again over
+    # the silence after it (where Whisper invents "you"), and its words would come out later
+    # although the failure had been reported.
+    decoder = FailingAfter(10**6)
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=ScriptedVad([(0.5, 3.0), (8.0, 9.0)]))
+    audio = ramp(10.0)
+    events = [e for i in range(0, int(2.9 * 16000), 1600) for e in pipeline.feed(audio[i : i + 1600])]
+    committed = pipeline.committed_until
+    assert committed > 0.5 and committed_words(events)  # some words were agreed on
+    decoder.fail_from = decoder.calls + 1  # the decoder fails from now on: the final decode
+    with pytest.raises(BackendFailure) as failure:
+        for i in range(int(2.9 * 16000), int(3.5 * 16000), 1600):
+            pipeline.feed(audio[i : i + 1600])
+    assert failure.value.lost_since == pytest.approx(committed)
+    assert [e.text for e in failure.value.events if isinstance(e, Partial)] == [""]  # the partial goes
+    calls = decoder.calls
+    decoder.fail_from = 10**6  # working again: the next utterance is transcribed, and nothing else
+    events = run(pipeline, audio[int(3.5 * 16000) :])
+    starts = [w.start for e in events if isinstance(e, Final) for w in e.words]
+    assert decoder.calls > calls and starts and min(starts) >= 7.8, starts
+    assert [e.start for e in events if isinstance(e, SpeechActivity)] == [8.0]  # that one only
+
+
+def test_a_long_batch_of_speech_without_pauses_loses_nothing(local_backend, en00: Fixture):
+    # A failover re-feeds up to minutes of audio in one call, and a worker that fell behind
+    # feeds what piled up: an utterance longer than the decoder's 30 s, begun and ended inside
+    # one batch, lost everything past 30 s when it was decoded whole (87 of 136 words).
+    from server.vad import FRAME, SileroStream
+
+    pieces = []
+    for u in en00.reference["utterances"]:  # 45 s of speech with every pause cut out
+        speech = en00.audio[int(u["start"] * 16000) : int(u["end"] * 16000)]
+        frames = speech[: len(speech) // FRAME * FRAME].reshape(-1, FRAME)
+        pieces.append(frames[SileroStream()(speech)[: len(frames)] >= 0.3].reshape(-1))
+    audio = np.concatenate([*pieces, np.zeros(2 * 16000, dtype=np.float32)])
+    pipeline = StreamingPipeline(local_backend, StreamOptions(language="en"))
+    events = pipeline.feed(audio) + pipeline.flush()
+    assert [e for e in events if isinstance(e, SpeechActivity) and e.end - e.start > 30.0]  # one utterance
+    reference = " ".join(u["text"] for u in en00.reference["utterances"])
+    assert wer(reference, finals(events)) < 0.25, finals(events)
