@@ -91,45 +91,44 @@ def lost_span(error: dict) -> tuple[float, float]:
     return float(found[1]), float(found[2])
 
 
+class SlowOpen:
+    """Opens streams like a cloud handshake: blocked until released (other handlers run)."""
+
+    def __init__(self) -> None:
+        self.opening, self.release = threading.Event(), threading.Event()
+        self.streams: list[ScriptedStream] = []
+
+    def __call__(self) -> Stream:
+        self.opening.set()
+        self.release.wait(10)
+        self.streams.append(ScriptedStream())
+        return self.streams[-1]
+
+
 def test_starts_still_opening_hold_their_slots():
-    opening, release = threading.Event(), threading.Event()
-    streams: list[ScriptedStream] = []
-
-    def slow_open() -> Stream:  # a cloud handshake: other handlers run meanwhile
-        opening.set()
-        release.wait(10)
-        streams.append(ScriptedStream())
-        return streams[-1]
-
-    manager, _ = manager_with(ScriptedBackend("cloud", slow_open), max_sessions=1)
+    slow = SlowOpen()
+    manager, _ = manager_with(ScriptedBackend("cloud", slow), max_sessions=1)
     outcome: list[object] = []
     first = threading.Thread(target=lambda: outcome.append(manager.start("a", {"backend": "cloud"})))
     first.start()
-    assert opening.wait(5)
+    assert slow.opening.wait(5)
     with pytest.raises(TranscriptionError) as busy:
         manager.start("b", {"backend": "cloud"})
     assert busy.value.code == "server_busy"
     with pytest.raises(InvalidRequest) as twice:  # the same connection, before its ready
         manager.start("a", {"backend": "cloud"})
     assert twice.value.code == "already_started"
-    release.set()
+    slow.release.set()
     first.join(5)
-    assert [s.owner for s in manager.active()] == ["a"] and outcome == manager.active()
+    (session,) = outcome
+    assert manager.active() == [session] and session.owner == "a"
     manager.stop("a")
-    assert manager.active()[0].done.wait(5) if manager.active() else True
+    assert session.done.wait(5)
 
 
 def test_a_connection_that_closes_while_its_start_opens_gets_no_session():
-    opening, release = threading.Event(), threading.Event()
-    streams: list[ScriptedStream] = []
-
-    def slow_open() -> Stream:
-        opening.set()
-        release.wait(10)
-        streams.append(ScriptedStream())
-        return streams[-1]
-
-    manager, _ = manager_with(ScriptedBackend("cloud", slow_open), max_sessions=1)
+    slow = SlowOpen()
+    manager, _ = manager_with(ScriptedBackend("cloud", slow), max_sessions=1)
     errors: list[str] = []
 
     def start() -> None:
@@ -140,17 +139,16 @@ def test_a_connection_that_closes_while_its_start_opens_gets_no_session():
 
     starting = threading.Thread(target=start)
     starting.start()
-    assert opening.wait(5)
+    assert slow.opening.wait(5)
     manager.disconnect("a")  # a ping timeout during the handshake
-    release.set()
+    slow.release.set()
     starting.join(5)
     # Nobody could ever stop that session: it is not started, and its stream is closed.
-    assert errors == ["not_started"] and streams[0].closed
+    assert errors == ["not_started"] and slow.streams[0].closed
     assert manager.active() == []
-    release.clear()
-    release.set()
-    assert manager.start("b", {"backend": "cloud"}).owner == "b"  # the slot is free
+    session = manager.start("b", {"backend": "cloud"})  # the slot is free
     manager.stop("b")
+    assert session.done.wait(5)
 
 
 def test_a_fatal_error_to_an_owner_that_disconnects_on_it_ends_the_session():
