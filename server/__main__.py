@@ -57,12 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level)
     logger = logging.getLogger("server")
 
-    from backends.errors import ConfigurationError
+    from backends.errors import TranscriptionError
     from server.app import create_app, get_context
 
+    # Before the model loads (a minute on a slow disk), not after: the port may be taken.
+    busy = _port_taken(config.host, config.port)
+    if busy:
+        logger.error("cannot start: %s:%d is not free (%s); choose another with --port", config.host, config.port, busy)
+        return 2
     try:
         app = create_app(config)
-    except ConfigurationError as exc:
+    except TranscriptionError as exc:
         logger.error("cannot start: %s", exc.message)
         return 2
     context = get_context(app)
@@ -98,6 +103,25 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("shutting down: finishing %d session(s)", len(context.sessions.active()))
         context.sessions.shutdown()
     return 0
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address here), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return str(exc)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the server binds: a port in TIME_WAIT after a restart is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 if __name__ == "__main__":

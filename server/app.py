@@ -10,7 +10,8 @@ from pathlib import Path
 from flask import Flask, jsonify, send_from_directory
 from flask_socketio import SocketIO
 
-from backends.base import Backend
+from backends.base import Backend, StreamOptions
+from backends.errors import ConfigurationError, TranscriptionError
 from server import __version__
 from server.config import Config
 from server.http_api import init_app as init_http_api
@@ -81,6 +82,7 @@ def create_app(config: Config, backends: Mapping[str, Backend] | None = None) ->
     )
     if backends is None:
         backends = build_backends(config)
+    _check_language(config.language, backends)
     runtime = Runtime(socketio, native_threads=config.max_sessions + 4)
     sessions = SessionManager(
         config, backends, runtime, emit=lambda event, payload, to: socketio.emit(event, payload, to=to)
@@ -106,6 +108,25 @@ def create_app(config: Config, backends: Mapping[str, Backend] | None = None) ->
         return jsonify(ready=is_ready), (200 if is_ready else 503)
 
     return app
+
+
+def _check_language(language: str, backends: Mapping[str, Backend]) -> None:
+    """``--language`` must be one a backend can run, or every default ``start`` fails."""
+    if language == "auto":
+        return
+    refusals = {}
+    for name, backend in backends.items():
+        if not backend.info().available:
+            continue
+        try:
+            backend.validate(StreamOptions(language=language))
+        except TranscriptionError as exc:
+            refusals[name] = exc.message
+    usable = [name for name, backend in backends.items() if backend.info().available]
+    if usable and len(refusals) == len(usable):
+        raise ConfigurationError(f"--language {language}: {'; '.join(refusals.values())}")
+    for reason in refusals.values():
+        logger.warning("--language %s: %s; its sessions must name a language", language, reason)
 
 
 def get_context(app: Flask) -> ServerContext:

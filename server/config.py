@@ -137,6 +137,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             value = type(raw) if raw not in (None, "") else default
         except (ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"environment variable {var}={raw!r} is not valid for {flag}: {exc}")
+        # argparse checks choices only for values given on the command line.
+        choices = kwargs.get("choices")
+        if raw not in (None, "") and choices is not None and value not in choices:
+            parser.error(
+                f"environment variable {var}={raw!r} is not valid for {flag}: choose from {', '.join(choices)}"
+            )
         parser.add_argument(flag, default=value, type=type, help=f"{help} [env {var}]", **kwargs)
 
     parser.add_argument_group("server")

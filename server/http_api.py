@@ -120,6 +120,24 @@ def _flag(values, name: str) -> bool:
     raise InvalidRequest(f"{name} must be true or false, got {raw!r}")
 
 
+@bp.after_request
+def _allow_origins(response: Response) -> Response:
+    """CORS for the HTTP API with the origins Socket.IO allows (``--cors-origins``): a page
+    served elsewhere may upload files and read the status too."""
+    allowed = _context().config.cors_origins
+    origin = request.headers.get("Origin")
+    if origin and allowed and ("*" in allowed or origin in allowed):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+        response.vary.add("Origin")
+        if request.method == "OPTIONS":  # a preflight
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "Content-Type"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
 @bp.post("/api/transcribe")
 def transcribe_file():
     """Transcribe one uploaded file (multipart field ``file``) with the shared local model."""

@@ -204,6 +204,32 @@ def test_a_failing_model_load_on_the_helper_thread_is_raised_to_the_caller():
     assert _with_nice(0, lambda: 7) == 7
 
 
+def test_a_model_that_loads_but_cannot_run_stops_startup_with_the_fix(monkeypatch):
+    # A GPU without cuBLAS: CTranslate2 counts the GPU, loads the model, and the first decode
+    # fails. The warm-up finds it before the server accepts anyone, and says what to do.
+    from backends.errors import BackendFailure, ConfigurationError
+    from backends.local import LocalBackend, LocalBackendOptions
+
+    def no_cublas(self, audio, options):
+        raise BackendFailure("decoding failed: Library libcublas.so.12 is not found or cannot be loaded")
+
+    monkeypatch.setattr(LocalBackend, "decode", no_cublas)
+    monkeypatch.setattr("backends.local.select_device", lambda requested: "cuda")
+    monkeypatch.setattr("backends.local.select_compute_type", lambda device, requested: "int8")
+    monkeypatch.setattr("backends.local.describe_device", lambda device: "a GPU")
+    backend = LocalBackend(LocalBackendOptions(model="tiny.en", device="cpu", num_workers=1, cpu_threads=1))
+    real_model = __import__("faster_whisper").WhisperModel
+
+    def load_on_cpu(path, device, **kwargs):  # this machine has no GPU: load it on the CPU
+        return real_model(path, device="cpu", **kwargs)
+
+    monkeypatch.setattr("faster_whisper.WhisperModel", load_on_cpu)
+    with pytest.raises(ConfigurationError) as raised:
+        backend.load()
+    assert "libcublas" in raised.value.message and "--device cpu" in raised.value.message
+    assert not backend.ready
+
+
 GREEN_NICE_SCRIPT = textwrap.dedent(
     """
     import sys

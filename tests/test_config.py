@@ -52,6 +52,11 @@ def test_bad_values_are_refused(capsys):
     assert "eighty" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         Config.from_args(["--idle-final", "-1"], {})
+    # Choices hold for the environment as for flags (argparse checks only the latter).
+    for variable, value in (("LIVESCRIBE_LOG_LEVEL", "verbose"), ("LIVESCRIBE_DEVICE", "gpu")):
+        with pytest.raises(SystemExit):
+            Config.from_args([], {variable: value})
+        assert f"{variable}='{value}'" in capsys.readouterr().err
 
 
 def test_help_documents_every_option_with_its_variable():
@@ -81,6 +86,27 @@ def test_python_m_server_help_runs():
         [sys.executable, "-m", "server", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and "LIVESCRIBE_MODEL" in out.stdout
+
+
+def test_a_taken_port_and_a_language_no_backend_has_stop_startup_in_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "server", "--port", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+    assert out.returncode == 2 and "is not free" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "server", "--language", "fr", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "--language fr" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_unknown_model_stops_startup_with_the_fix(tmp_path):

@@ -153,6 +153,27 @@ def test_a_file_name_outside_latin_1_names_the_subtitles(app, en00: Fixture, tmp
     )
 
 
+def test_the_http_api_allows_the_origins_socket_io_allows(local_backend, clip_wav: bytes):
+    app = create_app(
+        Config(async_mode="threading", cors_origins=("https://app.example",)), backends={"local": local_backend}
+    )
+    client = app.test_client()
+    allowed = {"Origin": "https://app.example"}
+    status = client.get("/api/status", headers=allowed)
+    assert status.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Origin" in status.headers["Vary"]
+    preflight = client.options("/api/transcribe", headers={**allowed, "Access-Control-Request-Method": "POST"})
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    upload = client.post("/api/transcribe", data={"file": (io.BytesIO(clip_wav), "clip.wav")}, headers=allowed)
+    assert upload.status_code == 200 and upload.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    other = client.get("/api/status", headers={"Origin": "https://elsewhere.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    # Same origin only (the default): no CORS headers at all.
+    default = create_app(Config(async_mode="threading"), backends={"local": local_backend}).test_client()
+    assert "Access-Control-Allow-Origin" not in default.get("/api/status", headers=allowed).headers
+
+
 def test_health_and_ready(app):
     client = app.test_client()
     assert client.get("/health").get_json() == {"status": "ok"}
