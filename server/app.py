@@ -85,7 +85,11 @@ def create_app(config: Config, backends: Mapping[str, Backend] | None = None) ->
     _check_language(config.language, backends)
     runtime = Runtime(socketio, native_threads=config.max_sessions + 4)
     sessions = SessionManager(
-        config, backends, runtime, emit=lambda event, payload, to: socketio.emit(event, payload, to=to)
+        config,
+        backends,
+        runtime,
+        emit=lambda event, payload, to: socketio.emit(event, payload, to=to),
+        leave_room=lambda sid, room: socketio.server.leave_room(sid, room, namespace="/"),
     )
     register_socket_events(socketio, sessions, lambda: server_info_payload(sessions, __version__))
     context = ServerContext(config=config, socketio=socketio, sessions=sessions, backends=backends, runtime=runtime)

@@ -246,7 +246,10 @@ class StreamingPipeline(Stream):
     # --- utterances --------------------------------------------------------------------
 
     def _begin(self, sample: int) -> None:
-        self._window_start = max(self._buffer_start, sample - self._pad)
+        # Not before the last utterance's end: a pause (a muted client) ends one at the last
+        # sample, and the padding before the next speech would hear its last word again.
+        floor = round(self._committed_until * SAMPLE_RATE)
+        self._window_start = max(self._buffer_start, sample - self._pad, min(floor, sample))
         self._speech_start = sample
         self._next_decode = sample + int(self._p.first_step * SAMPLE_RATE)
         self._first_decode = True

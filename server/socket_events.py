@@ -97,12 +97,15 @@ def register_socket_events(socketio: SocketIO, manager: SessionManager, server_i
     def on_join(data: Any = None) -> None:
         room = parse_room(data.get("room") if isinstance(data, dict) else None)
         join_room(room)
+        manager.watching.add((request.sid, room))
         sessions = manager.in_room(room)
         emit(
             "joined",
             {
                 "room": room,
-                "sessions": [{"session_id": s.id, "backend": s.backend, "language": s.language} for s in sessions],
+                "sessions": [
+                    {"session_id": s.id, "backend": s.backend, "language": s.language or "auto"} for s in sessions
+                ],
             },
         )
 
@@ -114,6 +117,7 @@ def register_socket_events(socketio: SocketIO, manager: SessionManager, server_i
         if own is not None and own.room == room and own.state == "running":
             raise InvalidRequest("cannot leave the room of your own running session", code="invalid_room")
         leave_room(room)
+        manager.watching.discard((request.sid, room))
         emit("left", {"room": room})
 
     @socketio.on("ping")

@@ -817,3 +817,14 @@ def test_a_long_batch_of_speech_without_pauses_loses_nothing(local_backend, en00
     assert [e for e in events if isinstance(e, SpeechActivity) and e.end - e.start > 30.0]  # one utterance
     reference = " ".join(u["text"] for u in en00.reference["utterances"])
     assert wer(reference, finals(events)) < 0.25, finals(events)
+
+
+def test_speech_after_a_pause_mid_utterance_does_not_say_its_last_word_again(local_backend, en00: Fixture):
+    # A muted client (idle-final) ends the utterance at the last sample it sent, 8.0 s, in
+    # "Please enter your phone number, starting with the area code.": the next window began
+    # a padding before that sample and wrote "number." a second time.
+    pipeline = StreamingPipeline(local_backend, StreamOptions(language="en"))
+    events = run(pipeline, en00.audio[: 8 * 16000]) + pipeline.pause()
+    events += run(pipeline, en00.audio[8 * 16000 : 14 * 16000])
+    said = [w.text.strip(" .,").lower() for e in events if isinstance(e, Final) for w in e.words]
+    assert said.count("number") == 2, said  # "your phone number", "the number to be removed"

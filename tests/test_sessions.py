@@ -211,3 +211,30 @@ def test_a_failed_flush_reports_all_the_audio_not_yet_final():
     (error,) = recorder.named("error")
     assert error["code"] == "backend_error" and error["session_id"] == session.id
     assert lost_span(error) == (1.25, 3.0)
+
+
+def test_a_client_sending_long_chunks_is_not_taken_for_one_that_paused():
+    # A client recording 0.5 s chunks sends one every 0.5 s: with --idle-final 0.5 the time
+    # between two is not a pause (it was: every chunk boundary became a forced final, and
+    # 1.2 s chunks at the default 1 s scored WER 0.33 instead of 0.04). Silence after the
+    # last chunk still is.
+    import time
+
+    pauses: list[int] = []
+
+    class Pausable(ScriptedStream):
+        def pause(self) -> list[Event]:
+            pauses.append(self.fed)
+            return []
+
+    manager, _ = manager_with(ScriptedBackend("local", Pausable), idle_final=0.5)
+    session = manager.start("a", {})
+    half = PCM_SECOND[: len(PCM_SECOND) // 2]
+    for _ in range(4):
+        manager.audio("a", half)
+        time.sleep(0.5)
+    assert pauses == []
+    time.sleep(1.5)  # more than the chunk's length and idle_final together
+    assert pauses == [2 * SAMPLE_RATE]
+    manager.stop("a")
+    assert session.done.wait(5)

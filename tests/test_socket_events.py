@@ -149,7 +149,7 @@ def test_watcher_in_room_receives_the_same_finals(socketio, app, en00: Fixture):
     assert ready["room"] == "interview-42"
     watcher.client.emit("join", {"room": "interview-42"})
     joined = watcher.wait_for("joined")[0]
-    assert [s["session_id"] for s in joined["sessions"]] == [ready["session_id"]]
+    assert joined["sessions"] == [{"session_id": ready["session_id"], "backend": "local", "language": "en"}]
 
     owner.stream(en00.clip(17.0).pcm, speed=4.0)
     owner.client.emit("stop")
@@ -160,6 +160,26 @@ def test_watcher_in_room_receives_the_same_finals(socketio, app, en00: Fixture):
     # Watchers cannot send audio into the room.
     watcher.client.emit("audio", b"\x00\x00" * 160)
     assert error_codes(watcher) == ["not_started"]
+
+
+def test_an_owner_leaves_the_room_with_its_session_a_watcher_stays(socketio, app, en00: Fixture):
+    # Otherwise the next session someone starts in the room reaches the old owner as if it
+    # were its own (a client that disconnects on `stopped` would drop its own new session).
+    first, watcher, second = connect(socketio, app), connect(socketio, app), connect(socketio, app)
+    start(first, language="en", room="desk-1")
+    watcher.client.emit("join", {"room": "desk-1"})
+    watcher.wait_for("joined")
+    first.client.emit("stop")
+    first.wait_for("stopped")
+    watcher.wait_for("stopped")
+    ready = start(second, language="en", room="desk-1")
+    second.stream(en00.clip(3.0).pcm, speed=8.0)
+    second.client.emit("stop")
+    second.wait_for("stopped", timeout=60)
+    watcher.wait_for("stopped", count=2, timeout=10)
+    heard = [p for name in ("partial", "final", "stopped") for p in first.named(name)]
+    assert heard and not [p for p in heard if p["session_id"] == ready["session_id"]]
+    assert [e["session_id"] for e in watcher.named("stopped")][-1] == ready["session_id"]
 
 
 def test_owner_disconnect_still_finalises_for_watchers(socketio, app, en00: Fixture):
