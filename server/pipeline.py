@@ -166,6 +166,7 @@ class StreamingPipeline(Stream):
         self._partial = ""
         self._committed_until = 0.0
         self._shown_until = 0.0  # where the last final's last word ends, as the final showed it
+        self._cut_at = 0  # stream sample where a pause last ended an utterance
         self._last_decoded = 0  # stream sample where the latest step decode's audio ended
         self._last_unusable = False  # whether that decode dropped a segment (no speech, a loop)
         self._first_decode = True  # the next step decode is its utterance's first
@@ -226,10 +227,11 @@ class StreamingPipeline(Stream):
         try:
             if self._window_start is not None:
                 speech_end = self._vad.pause_start
-                if speech_end is None:
-                    events = self._finish(self._total)
-                else:
-                    events = self._finish(min(self._total, speech_end + self._pad), speech_end=speech_end)
+                end = self._total if speech_end is None else min(self._total, speech_end + self._pad)
+                # The speech after the pause is another utterance, whose padding must not
+                # reach back into this one's audio and hear its last word again.
+                self._cut_at = end
+                events = self._finish(end, speech_end=speech_end)
         finally:
             self._vad.end_speech()
         return events
@@ -246,10 +248,9 @@ class StreamingPipeline(Stream):
     # --- utterances --------------------------------------------------------------------
 
     def _begin(self, sample: int) -> None:
-        # Not before the last utterance's end: a pause (a muted client) ends one at the last
-        # sample, and the padding before the next speech would hear its last word again.
-        floor = round(self._committed_until * SAMPLE_RATE)
-        self._window_start = max(self._buffer_start, sample - self._pad, min(floor, sample))
+        # Not before where a pause (a muted client) ended the last utterance, maybe mid-speech:
+        # the padding before the next speech would hear its last word again.
+        self._window_start = max(self._buffer_start, sample - self._pad, min(self._cut_at, sample))
         self._speech_start = sample
         self._next_decode = sample + int(self._p.first_step * SAMPLE_RATE)
         self._first_decode = True

@@ -819,12 +819,20 @@ def test_a_long_batch_of_speech_without_pauses_loses_nothing(local_backend, en00
     assert wer(reference, finals(events)) < 0.25, finals(events)
 
 
-def test_speech_after_a_pause_mid_utterance_does_not_say_its_last_word_again(local_backend, en00: Fixture):
-    # A muted client (idle-final) ends the utterance at the last sample it sent, 8.0 s, in
-    # "Please enter your phone number, starting with the area code.": the next window began
-    # a padding before that sample and wrote "number." a second time.
-    pipeline = StreamingPipeline(local_backend, StreamOptions(language="en"))
-    events = run(pipeline, en00.audio[: 8 * 16000]) + pipeline.pause()
-    events += run(pipeline, en00.audio[8 * 16000 : 14 * 16000])
-    said = [w.text.strip(" .,").lower() for e in events if isinstance(e, Final) for w in e.words]
-    assert said.count("number") == 2, said  # "your phone number", "the number to be removed"
+def test_speech_after_a_pause_is_decoded_from_the_pause_on():
+    # A muted client (idle-final) ends the utterance where it stopped sending, maybe mid-
+    # speech. The next utterance's window began a padding before that point, so its first
+    # decode heard the end of the last one again (en-dev-00 muted at 8.0 s: "phone number.
+    # number.").
+    decoder = ScriptedDecoder()
+    pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=ScriptedVad([(1.0, 6.0)]))
+    audio = ramp(8.0)
+    run_until = [e for i in range(0, 3 * 16000, 800) for e in pipeline.feed(audio[i : i + 800])]
+    pipeline.pause()
+    before = len(decoder.windows)
+    events = run(pipeline, audio[3 * 16000 :], chunk_seconds=0.05)
+    # Each decode's audio (context, then window) holds no stretch twice.
+    assert decoder.pieces[before:]
+    for pieces in decoder.pieces[before:]:
+        assert all(later[0] >= earlier[1] - 1e-6 for earlier, later in itertools.pairwise(pieces)), pieces
+    assert committed_words(run_until + events)  # and the speech after the pause is transcribed
