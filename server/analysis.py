@@ -47,10 +47,10 @@ FILLERS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 
-# A number with its separators ("10,000", "3.50", "3:30") and a dotted abbreviation ("U.S.")
-# are one word each: Whisper writes numbers as digits, and splitting them made words per
-# minute run high on speech full of figures.
-_WORD = re.compile(r"\d+(?:[.,:]\d+)*|(?:[^\W\d_]\.){2,}|\w+(?:['’]\w+)*", re.UNICODE)
+# A number with its separators and letters ("10,000", "3.50", "3:30", "21st", "1990s") and a
+# dotted abbreviation ("U.S.") are one word each: Whisper writes numbers as digits, and
+# splitting them made words per minute run high on speech full of figures.
+_WORD = re.compile(r"\d+(?:[.,:]\d+)*[^\W_]*|(?:[^\W\d_]\.){2,}|\w+(?:['’]\w+)*", re.UNICODE)
 
 TranscriptItem = Word | Final | Segment | str
 
@@ -189,6 +189,7 @@ class SessionAnalysis:
                 start=detail.start + offset,
                 end=detail.end + offset,
                 words=tuple(Word(w.text, w.start + offset, w.end + offset, w.probability) for w in detail.words),
+                joins_previous=detail.joins_previous,  # "touch" + "tone" is one word
             )
             with self._lock:
                 self._finals.setdefault(session.id, []).append(final)

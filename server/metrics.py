@@ -213,7 +213,9 @@ class _LiveCollector(Collector):
         sessions = GaugeMetricFamily(
             "livescribe_sessions_active", "Sessions running now, by backend", labels=["backend"]
         )
-        for backend in sorted({"local", *active}):
+        # Every configured backend, at 0 when idle: a series that vanishes breaks graphs and alerts.
+        configured = set(metrics._sessions.backends) if metrics._sessions is not None else set()
+        for backend in sorted({"local", *configured, *active}):
             sessions.add_metric([backend], active.get(backend, 0))
         yield sessions
         yield CounterMetricFamily(

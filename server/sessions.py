@@ -185,8 +185,10 @@ class SessionManager:
         # Opening may block (a cloud handshake): do it on a native thread. Other starts run
         # meanwhile, so the slot is taken before, and the connection may close before it opens.
         self._opening[sid] = True
+        session_id = uuid.uuid4().hex
         try:
-            stream = self._call_blocking(self._open_stream, backend, options)
+            # Under the session's id: a stream's own thread (the cloud's) logs with it.
+            stream = self._call_blocking(in_session(session_id, self._open_stream), backend, options)
         finally:
             connected = self._opening.pop(sid)
         if not connected:
@@ -195,7 +197,6 @@ class SessionManager:
             except Exception:
                 logger.debug("closing a stream opened for a closed connection raised", exc_info=True)
             raise InvalidRequest("the connection closed while the session was starting", code="not_started")
-        session_id = uuid.uuid4().hex
         session = Session(
             id=session_id,
             owner=sid,
@@ -477,7 +478,7 @@ class SessionManager:
             logger.debug("closing the failed stream raised", exc_info=True)
         previous = session.backend
         # Building a pipeline loads its VAD: not on the event loop.
-        session.stream = self._call_blocking(self._open_stream, local, local_options)
+        session.stream = self._call_blocking(in_session(session.id, self._open_stream), local, local_options)
         session.backend = "local"
         # The local stream's time 0 is the first re-fed sample: committed_until, unless the
         # retained audio was cut at MAX_RETAINED_SECONDS after it (that audio is lost).

@@ -22,6 +22,16 @@ def test_numbers_and_abbreviations_count_as_one_word():
     assert tokenize("We sold 10,000 units at $3.50 in the U.S. at 3:30, didn't we?") == [
         "we", "sold", "10,000", "units", "at", "3.50", "in", "the", "u.s.", "at", "3:30", "didn't", "we",
     ]  # fmt: skip
+    assert tokenize("the 21st century, the 1990s, 5G at 4pm") == [
+        "the",
+        "21st",
+        "century",
+        "the",
+        "1990s",
+        "5g",
+        "at",
+        "4pm",
+    ]
 
 
 def test_known_words_and_pauses(en00: Fixture):
@@ -125,6 +135,30 @@ def test_listener_uses_session_time_and_final_words():
     assert analysis["pauses"]["count"] == 1 and analysis["pauses"]["longest"] == pytest.approx(4.0)
     assert analysis["speaking_time"] == pytest.approx(2.0)
     assert analysis["fillers"]["counts"] == {"um": 1}
+
+
+def test_the_listener_joins_a_word_split_across_finals():
+    # "touch" final, then "tone keypad." going on with it (joins_previous): one word, as in
+    # stopped.transcript ("Using your touchtone keypad.").
+    listener = SessionAnalysis()
+    session = SimpleNamespace(id="s1", offset=0.0, speech=[], duration=3.0, language="en")
+    listener("started", session, None)
+    listener(
+        "event",
+        session,
+        Final(
+            "Using your touch", 0.2, 1.2, (Word(" Using", 0.2, 0.5), Word(" your", 0.5, 0.8), Word(" touch", 0.8, 1.2))
+        ),
+    )
+    listener(
+        "event",
+        session,
+        Final("tone keypad.", 1.2, 2.0, (Word("tone", 1.2, 1.4), Word(" keypad.", 1.4, 2.0)), joins_previous=True),
+    )
+    payload = {"session_id": "s1", "duration": 3.0, "transcript": "Using your touchtone keypad."}
+    listener("stopped", session, payload)
+    assert payload["analysis"]["transcript"] == payload["transcript"]
+    assert payload["analysis"]["words"] == 4
 
 
 def test_after_a_failover_the_cloud_part_counts_by_word_times():

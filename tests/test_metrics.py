@@ -128,3 +128,14 @@ def test_observers_of_discarded_apps_are_dropped(local_backend):
     gc.collect()
     create_app(Config(async_mode="threading"), backends={"local": local_backend})
     assert not any(getattr(o, "dead", False) for o in local_backend.observers)
+
+
+def test_every_configured_backend_has_a_sessions_gauge_at_zero(local_backend):
+    # A series that vanishes when its last session ends breaks graphs and "== 0" alerts.
+    from backends.cloud import CloudBackend, CloudBackendOptions
+
+    cloud = CloudBackend(CloudBackendOptions(api_key="key", url="ws://127.0.0.1:9/v2"))
+    app = create_app(Config(async_mode="threading"), backends={"local": local_backend, "cloud": cloud})
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'livescribe_sessions_active{backend="cloud"} 0.0' in text
+    assert 'livescribe_sessions_active{backend="local"} 0.0' in text

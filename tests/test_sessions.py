@@ -238,3 +238,21 @@ def test_a_client_sending_long_chunks_is_not_taken_for_one_that_paused():
     assert pauses == [2 * SAMPLE_RATE]
     manager.stop("a")
     assert session.done.wait(5)
+
+
+def test_a_stream_is_opened_under_its_sessions_id():
+    # A cloud stream's own thread copies the opener's logging context: opened before the
+    # session had an id, every line it logged (the reason the cloud failed) said "session=-".
+    from server.logs import SESSION
+
+    seen: list[str] = []
+
+    def open_stream() -> Stream:
+        seen.append(SESSION.get())
+        return ScriptedStream()
+
+    manager, _ = manager_with(ScriptedBackend("cloud", open_stream))
+    session = manager.start("a", {"backend": "cloud"})
+    assert seen == [session.id]
+    manager.stop("a")
+    assert session.done.wait(5)
