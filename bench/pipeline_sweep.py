@@ -214,7 +214,7 @@ def run_one(
     options = PipelineOptions()
     for name, value in overrides.items():
         options = _with(options, name.split("."), value)
-    pairs, decodes, audio_seconds, short_words = [], 0, 0.0, 0
+    pairs, decodes, audio_seconds, short_words, no_final, no_partial = [], 0, 0.0, 0, 0, 0
     final_lat: list[float] = []
     first_lat: list[float] = []
     started_cpu, started = cpu_seconds(), time.monotonic()
@@ -238,6 +238,10 @@ def run_one(
         finals, firsts = latencies(events, reference["utterances"], shift * SHIFT)
         final_lat += [v for v in finals if v is not None]
         first_lat += [v for v in firsts if v is not None]
+        # Left out of the latency percentiles above: counted here, so that a setting that
+        # finalises fewer utterances cannot look faster for it.
+        no_final += sum(v is None for v in finals)
+        no_partial += sum(v is None for v in firsts)
         decodes += pipeline.decodes
         audio_seconds += len(audio) / 16000
     return {
@@ -249,6 +253,8 @@ def run_one(
         "decodes_per_min": decodes / audio_seconds * 60,
         "cpu_per_audio_s": (cpu_seconds() - started_cpu) / audio_seconds,
         "short_words": short_words,
+        "no_final": no_final,  # utterances without a final (not in final_lat_*)
+        "no_partial": no_partial,  # utterances without a partial (not in first_partial_med)
         "wall_s": time.monotonic() - started,
     }
 

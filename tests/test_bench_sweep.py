@@ -162,3 +162,28 @@ def test_fit_cost_finds_the_model_behind_measured_decode_times():
     assert residual < 1e-9
     for name in ("base", "per_kframe", "per_kframe2", "per_audio_second", "per_prefix_char", "per_output_char"):
         assert getattr(fitted, name) == pytest.approx(getattr(true, name), abs=1e-9)
+
+
+class DeafDecoder(ScriptedDecoder):
+    """Hears nothing: every decode comes back without a word."""
+
+    def decode(self, audio, options):
+        from backends.base import DecodeResult
+
+        self.calls += 1
+        return DecodeResult(segments=(), language="en", language_probability=1.0, duration=len(audio) / 16000)
+
+
+def test_utterances_without_a_final_are_counted_not_left_out_silently():
+    # The latency percentiles can only use utterances that got a final: a setting that
+    # finalises fewer must show it, not look faster for it.
+    import json
+
+    from bench.pipeline_sweep import run_one
+    from tests.conftest import FIXTURES
+
+    path = FIXTURES / "en-dev-01.wav"
+    utterances = json.loads(path.with_suffix(".json").read_text())["utterances"]
+    row = run_one(DeafDecoder(), [path], {}, 0.1)
+    assert row["no_final"] == row["no_partial"] == len(utterances)
+    assert math.isnan(row["final_lat_med"])
