@@ -274,3 +274,17 @@ def test_under_monkey_patching_only_the_model_threads_are_niced_not_the_event_lo
     base = min(19, seen["base"])
     assert seen["main"] == base  # the event loop's thread
     assert seen["started"] and set(seen["started"]) == {min(19, base + 3)}
+
+
+def test_threads_per_decode_count_the_cpus_the_process_may_use():
+    # In a container pinned to 2 CPUs of a 64-core host, os.cpu_count() says 64: 32 threads
+    # per decode fighting over 2 cores.
+    import os
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    script = "import os; os.sched_setaffinity(0, {0}); from backends.local import usable_cpus; print(usable_cpus())"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
