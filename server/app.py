@@ -118,18 +118,16 @@ def _check_language(language: str, backends: Mapping[str, Backend]) -> None:
     """``--language`` must be one a backend can run, or every default ``start`` fails."""
     if language == "auto":
         return
-    refusals = {}
-    for name, backend in backends.items():
-        if not backend.info().available:
-            continue
+    usable = [backend for backend in backends.values() if backend.info().available]
+    refusals = []
+    for backend in usable:
         try:
             backend.validate(StreamOptions(language=language))
         except TranscriptionError as exc:
-            refusals[name] = exc.message
-    usable = [name for name, backend in backends.items() if backend.info().available]
+            refusals.append(exc.message)
     if usable and len(refusals) == len(usable):
-        raise ConfigurationError(f"--language {language}: {'; '.join(refusals.values())}")
-    for reason in refusals.values():
+        raise ConfigurationError(f"--language {language}: {'; '.join(refusals)}")
+    for reason in refusals:
         logger.warning("--language %s: %s; its sessions must name a language", language, reason)
 
 

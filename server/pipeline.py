@@ -181,38 +181,31 @@ class StreamingPipeline(Stream):
         # (45 s of speech without a pause in one batch: 94 of 136 words in 7.5 s slices, 134
         # in 2 s slices with half the decodes of real time.)
         size = max(SAMPLE_RATE, int(2 * self._p.step * SAMPLE_RATE))
-        if len(audio) <= size:
-            return self._feed(audio)
         events: list[Event] = []
-        for at in range(0, len(audio), size):
-            try:
-                events += self._feed(audio[at : at + size])
-            except TranscriptionError as exc:
-                exc.events = events + exc.events
-                raise
-        return events
-
-    def _feed(self, audio: np.ndarray) -> list[Event]:
-        events: list[Event] = []
-        self._buffer = np.concatenate([self._buffer, audio]) if self._buffer.size else audio.copy()
-        self._total += len(audio)
         try:
-            for vad_event in self._vad.process(audio):
-                if vad_event.kind == "start":
-                    if self._window_start is None:
-                        self._begin(vad_event.sample)
-                else:
-                    events += self._finish(min(self._total, vad_event.sample + self._pad), speech_end=vad_event.sample)
-            if self._window_start is not None and self._decode_due():
-                events += self._step()
+            for at in range(0, max(1, len(audio)), size):
+                self._feed(audio[at : at + size], events)
         except TranscriptionError as exc:
             # One batch of audio can end an utterance and fail on the next: the first one's
             # finals are committed here already and must still reach the client.
             exc.events = events + exc.events
             raise
+        return events
+
+    def _feed(self, audio: np.ndarray, events: list[Event]) -> None:
+        """One slice of :meth:`feed`; its events go to ``events`` as they come."""
+        self._buffer = np.concatenate([self._buffer, audio]) if self._buffer.size else audio.copy()
+        self._total += len(audio)
+        for vad_event in self._vad.process(audio):
+            if vad_event.kind == "start":
+                if self._window_start is None:
+                    self._begin(vad_event.sample)
+            else:
+                events += self._finish(min(self._total, vad_event.sample + self._pad), speech_end=vad_event.sample)
+        if self._window_start is not None and self._decode_due():
+            events += self._step()
         if self._window_start is None:
             self._drop_before(self._total - self._pad)
-        return events
 
     def flush(self) -> list[Event]:
         if self._window_start is None:

@@ -469,9 +469,10 @@ function onChunk(msg) {
 }
 
 function sendChunk(msg) {
+  const seconds = msg.samples / TARGET_RATE;
   client.sendAudio(msg.pcm);
-  sentSeconds += msg.samples / TARGET_RATE;
-  latency.sent(msg.samples / TARGET_RATE);
+  sentSeconds += seconds;
+  latency.sent(seconds);
 }
 
 function toggleMute() {
@@ -574,13 +575,13 @@ async function stopSession() {
 }
 
 function onOwnStopped(stopped) {
-  endOwnSession(stopped.session_id, Number(stopped.duration));
+  endShownSession(stopped.session_id, Number(stopped.duration));
   el.sessionState.textContent = `Session ended after ${formatClock(Number(stopped.duration) || 0)} of audio.`;
   announce("Recording stopped");
 }
 
-/** Our session is over: its partial goes, and the next session starts after its audio. */
-function endOwnSession(sessionId, duration) {
+/** A session shown here is over: its partial goes, and the next one starts after its audio. */
+function endShownSession(sessionId, duration) {
   transcript.endSession(sessionId, duration);
   renderPartial(null);
   afterTranscriptChange();
@@ -781,12 +782,10 @@ function wireClient() {
     if (mode === "own" && p && p.session_id === endedByServer) {
       // Ours, ended by a fatal error: later sessions start after its audio.
       endedByServer = null;
-      endOwnSession(p.session_id, Number(p.duration));
+      endShownSession(p.session_id, Number(p.duration));
     }
     if (mode === "watch") {
-      transcript.endSession(p.session_id, Number(p.duration));
-      renderPartial(null);
-      afterTranscriptChange();
+      endShownSession(p.session_id, Number(p.duration));
       watchLive = false;
       el.watchState.textContent = "The session ended. Waiting for another one in this room…";
     }
@@ -797,7 +796,7 @@ function wireClient() {
       el.sessionState.textContent = "The session was ended by an error.";
       if (session) {
         endedByServer = session.session_id;
-        endOwnSession(session.session_id, sentSeconds); // its `stopped` corrects the duration
+        endShownSession(session.session_id, sentSeconds); // its `stopped` corrects the duration
       }
       abandonCapture();
     }
@@ -809,7 +808,7 @@ function wireClient() {
       key: "session",
     });
     el.sessionState.textContent = "Session lost with the connection.";
-    if (session) endOwnSession(session.session_id, sentSeconds);
+    if (session) endShownSession(session.session_id, sentSeconds);
     abandonCapture();
   });
 }
