@@ -90,6 +90,7 @@ def create_app(config: Config, backends: Mapping[str, Backend] | None = None) ->
         runtime,
         emit=lambda event, payload, to: socketio.emit(event, payload, to=to),
         leave_room=lambda sid, room: socketio.server.leave_room(sid, room, namespace="/"),
+        join_room=lambda sid, room: socketio.server.enter_room(sid, room, namespace="/"),
     )
     register_socket_events(socketio, sessions, lambda: server_info_payload(sessions, __version__))
     context = ServerContext(config=config, socketio=socketio, sessions=sessions, backends=backends, runtime=runtime)

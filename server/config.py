@@ -49,6 +49,9 @@ class Config:
     # A client that sends nothing this long has its utterance in progress finalised (0: the
     # words wait for more audio or ``stop``).
     idle_final: float = 1.0
+    # A session whose connection drops (not a clean disconnect) waits this long for its client
+    # to come back with ``resume`` before it is stopped (0: it is stopped at once).
+    resume_grace: float = 30.0
     log_level: str = "INFO"
     local: LocalBackendOptions = field(default_factory=LocalBackendOptions)
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
@@ -83,6 +86,7 @@ class Config:
             max_file_seconds=args.max_file_seconds,
             language=args.language,
             idle_final=args.idle_final,
+            resume_grace=args.resume_grace,
             log_level=args.log_level.upper(),
             local=LocalBackendOptions(
                 model=args.model,
@@ -185,6 +189,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         4 * 3600.0,
         "longest audio in one file upload, in seconds (longer ones get 413; decoded audio takes"
         " 230 MB of memory per hour)",
+        type=_seconds,
+    )
+    option(
+        "--resume-grace",
+        "LIVESCRIBE_RESUME_GRACE",
+        30.0,
+        "seconds a session outlives a dropped connection, for its client to reconnect and resume it"
+        " (its finals meanwhile are replayed then); 0: a dropped connection stops its session",
         type=_seconds,
     )
     option("--log-level", "LIVESCRIBE_LOG_LEVEL", "INFO", "logging level", choices=LOG_LEVELS, type=str.upper)

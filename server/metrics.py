@@ -87,6 +87,13 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.drops = Counter(
+            "livescribe_session_drops",
+            "Sessions whose client's connection dropped (event=dropped; kept for --resume-grace) and"
+            " sessions a client came back to (event=resumed)",
+            ["event"],
+            registry=r,
+        )
         self.file_jobs = Counter(
             "livescribe_file_jobs", "Uploaded files transcribed, by outcome (ok, error)", ["outcome"], registry=r
         )
@@ -153,6 +160,8 @@ class Metrics:
             self.errors.labels(getattr(detail, "code", "internal_error")).inc()
         elif kind == "paused":
             self.pauses.labels(session.backend).inc()
+        elif kind in ("dropped", "resumed"):
+            self.drops.labels(kind).inc()
         elif kind == "failover":
             self.failovers.labels(getattr(detail, "code", "backend_error")).inc()
         elif kind == "stopped":

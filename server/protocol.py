@@ -36,6 +36,27 @@ def parse_room(value: object) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class ResumeRequest:
+    session_id: str
+    token: str
+    after: int  # the last segment_id the client has (-1: none)
+
+
+def parse_resume(data: object) -> ResumeRequest:
+    """Validate a ``resume`` payload: ``{session_id, token, after?}``."""
+    if not isinstance(data, Mapping):
+        raise InvalidRequest(f"resume expects an object, got {type(data).__name__}")
+    session_id, token, after = data.get("session_id"), data.get("token"), data.get("after", -1)
+    if not isinstance(session_id, str) or not isinstance(token, str) or not session_id or not token:
+        raise InvalidRequest("resume needs the session_id and the resume_token of its ready")
+    if after is None:
+        after = -1
+    if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+        raise InvalidRequest(f"after must be the last segment_id received (-1: none), got {after!r}")
+    return ResumeRequest(session_id=session_id[:64], token=token[:128], after=after)
+
+
 def parse_start(data: object, default_backend: str, default_language: str) -> StartRequest:
     """Validate a ``start`` payload (``None`` means all defaults)."""
     if data is None:

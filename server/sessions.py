@@ -13,10 +13,13 @@ reported as an ``error`` that names the span of audio it affected.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,7 +49,14 @@ from server.audio import AudioFormat, Resampler, decode_pcm
 from server.config import Config
 from server.logs import SESSION, in_session
 from server.pipeline import StreamingPipeline
-from server.protocol import final_payload, join_finals, language_payload, parse_start, partial_payload
+from server.protocol import (
+    final_payload,
+    join_finals,
+    language_payload,
+    parse_resume,
+    parse_start,
+    partial_payload,
+)
 from server.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -58,9 +68,15 @@ MAX_RETAINED_SECONDS = 300.0
 # final, a dropped connection) and whether the client has paused long enough (--idle-final):
 # a client that pauses sending must still hear of all three.
 POLL_INTERVAL = 0.1
+# Room events (finals, language, failovers) a session keeps for a client that resumes it: a
+# client is away for the resume grace plus the time a dead connection takes to be noticed
+# (about a minute), far fewer finals than this.
+REPLAY_EVENTS = 1000
+# Errors to the owner kept while its connection is gone.
+MISSED_ERRORS = 100
 
 Emit = Callable[[str, dict, str], None]  # (event, payload, to: room or sid)
-LeaveRoom = Callable[[str, str], None]  # (sid, room)
+RoomCall = Callable[[str, str], None]  # (sid, room): enter or leave a room
 
 
 @dataclass
@@ -96,6 +112,22 @@ class Session:
     last_audio: float = field(default_factory=time.monotonic)  # when audio was last accepted
     last_chunk: float = 0.0  # seconds of audio in that payload
     paused_at: int = 0  # ``processed`` when the stream was last told the client paused
+    # --- resuming after a dropped connection (docs/PROTOCOL.md, "Resuming a session")
+    resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    received: int = 0  # frames of the client's audio (at its own rate) accepted
+    attached: bool = True  # False while the owner's connection is gone and a resume may come
+    detachments: int = 0  # a grace timer stops its session only if no resume came since it began
+    # What a resuming client may have missed: the room's events with the segment id the next
+    # final would get (finals: their own), the errors to the owner while it was away, the
+    # last partial, and the ``stopped`` payload once the session is over.
+    log: deque[tuple[int, str, dict]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
+    missed: deque[dict] = field(default_factory=lambda: deque(maxlen=MISSED_ERRORS))
+    partial: dict | None = None
+    stopped: dict | None = None
+    ended_at: float = 0.0
+    # Held while sending to the room or the owner, and while a resume replays what was missed:
+    # a final sent meanwhile would reach the resuming client before the ones replayed.
+    emitting: Any = field(default_factory=threading.Lock)
 
     @property
     def duration(self) -> float:
@@ -115,17 +147,22 @@ class SessionManager:
         backends: Mapping[str, Backend],
         runtime: Runtime,
         emit: Emit,
-        leave_room: LeaveRoom | None = None,
+        leave_room: RoomCall | None = None,
+        join_room: RoomCall | None = None,
     ) -> None:
         self.config = config
         self.backends = dict(backends)
         self.runtime = runtime
         self.emit = emit
         self.leave_room = leave_room
+        self.join_room = join_room
         # (sid, room) a connection joined itself: it stays there when a session of its ends.
         self.watching: set[tuple[str, str]] = set()
         self._sessions: dict[str, Session] = {}
         self._by_owner: dict[str, Session] = {}
+        # Sessions that ended while their owner was away, kept for ``resume_grace`` so that a
+        # client coming back still gets their last finals and ``stopped``.
+        self._ended: dict[str, Session] = {}
         # Connections whose ``start`` is opening a stream (it may block, and other handlers run
         # meanwhile), and whether each is still connected: they hold a slot of max_sessions.
         self._opening: dict[str, bool] = {}
@@ -153,6 +190,24 @@ class SessionManager:
             else:
                 infos[name] = backend.info().to_payload()
         return infos
+
+    def describe(self, session: Session) -> dict:
+        """The ``ready`` payload of ``session`` (``resumed`` adds to it)."""
+        backend = self.backends[session.backend].info()
+        return {
+            "session_id": session.id,
+            "room": session.room,
+            "backend": session.backend,
+            "model": backend.model,
+            "device": backend.device,
+            "device_name": backend.device_name,
+            "compute_type": backend.compute_type,
+            "language": session.language or "auto",
+            "task": session.options.task,
+            "sample_rate": session.audio_format.sample_rate,
+            "encoding": session.audio_format.encoding,
+            "resume_token": session.resume_token,
+        }
 
     # --- client requests (called from Socket.IO handlers: must not block) -----------------
 
@@ -208,6 +263,7 @@ class SessionManager:
             resampler=Resampler(request.audio.sample_rate),
             queue=self.runtime.queue(),
             accepting=self.runtime.lock(),
+            emitting=self.runtime.lock(),
             # A backend that cannot detect the language (Speechmatics real-time) runs a session
             # without one in a language it assumes: ready says which, not "auto".
             language=request.language
@@ -252,6 +308,7 @@ class SessionManager:
                 if session.state != "running":  # a failure ended the session meanwhile
                     raise _not_started()
                 session.accepted += len(samples)
+                session.received += len(pcm)
                 session.last_audio = time.monotonic()
                 session.last_chunk = len(samples) / SAMPLE_RATE
                 session.queue.put(samples)
@@ -262,17 +319,92 @@ class SessionManager:
         self._stop(session)
         return session
 
-    def disconnect(self, sid: str) -> None:
-        """The owner left: finish its session anyway so watchers get every final."""
+    def disconnect(self, sid: str, dropped: bool = False) -> None:
+        """The owner left: finish its session anyway so watchers get every final. A connection
+        that ``dropped`` (no goodbye: a network failure) leaves it running for
+        ``resume_grace`` seconds, for the client to come back with :meth:`resume`."""
         if sid in self._opening:  # its start is still opening a stream: that start gives up
             self._opening[sid] = False
         self.watching = {(s, room) for s, room in self.watching if s != sid}
         session = self._by_owner.pop(sid, None)
-        if session is not None and session.state == "running":
+        if session is None or session.state == "stopped":
+            return
+        if dropped and self.config.resume_grace > 0:
+            # It goes on transcribing what it was sent (the client's pause finalises its last
+            # words); what it emits meanwhile is kept for the resume to replay.
+            session.attached = False
+            session.detachments += 1
+            logger.info(
+                "session %s: connection lost; kept %.0f s for its client to resume it",
+                session.id,
+                self.config.resume_grace,
+            )
+            self._notify("dropped", session, None)
+            self.runtime.spawn(self._expire, session, session.detachments)
+        elif session.state == "running":
             logger.info("session %s: owner disconnected, finishing", session.id)
             # On a task of its own: sending to a client that missed its ping runs this handler
             # on the sending task, which may be the worker ending the session under its lock.
             self.runtime.spawn(self._stop, session)
+
+    def resume(self, sid: str, data: object) -> Session:
+        """Give connection ``sid`` the session named in a ``resume`` request (its own, after a
+        dropped connection: the token of its ``ready`` proves it) and replay to it what it
+        missed; raises TranscriptionError. Works while the old connection still seems alive (a
+        dead network is noticed only after a ping timeout): the new one takes over."""
+        request = parse_resume(data)
+        current = self._by_owner.get(sid)
+        if (current is not None and current.state != "stopped") or sid in self._opening:
+            raise InvalidRequest("a session is already running on this connection", code="already_started")
+        self._forget_ended()
+        session = self._sessions.get(request.session_id) or self._ended.get(request.session_id)
+        if session is None or not hmac.compare_digest(session.resume_token.encode(), request.token.encode()):
+            raise InvalidRequest(
+                f"session {request.session_id} cannot be resumed: it ended more than"
+                f" {self.config.resume_grace:.0f} s ago, or never existed, or the token is wrong",
+                code="not_resumable",
+            )
+        with session.emitting:
+            previous = session.owner if session.attached else None
+            if previous is not None and previous != sid and self._by_owner.get(previous) is session:
+                # The old connection is still open (a dead network not yet noticed): it loses
+                # the session, and its room unless it joined that room itself.
+                self._by_owner.pop(previous)
+                if (previous, session.room) not in self.watching and self.leave_room is not None:
+                    self._call_quietly(self.leave_room, previous, session.room)
+            session.owner, session.attached = sid, True
+            session.detachments += 1  # a grace timer running now no longer stops it
+            ended = session.state == "stopped"
+            if ended:
+                self._ended.pop(session.id, None)
+            else:
+                self._by_owner[sid] = session
+                if self.join_room is not None:
+                    self.join_room(sid, session.room)
+            self.emit(
+                "resumed",
+                {
+                    **self.describe(session),
+                    "state": session.state,
+                    "next_segment_id": session.next_segment,
+                    "received": session.received,
+                    "duration": round(session.duration, 3),
+                },
+                sid,
+            )
+            for position, event, payload in list(session.log):
+                if position > request.after:
+                    self.emit(event, payload, sid)
+            if session.partial is not None and not ended:
+                self.emit("partial", session.partial, sid)
+            for payload in session.missed:
+                self.emit("error", payload, sid)
+            session.missed.clear()
+            if ended and session.stopped is not None:
+                self.emit("stopped", session.stopped, sid)
+        logger.info("session %s resumed after segment %d (%s)", session.id, request.after, session.state)
+        self._notify("resumed", session, None)
+        return session
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop every session and wait for their last finals (server shutdown)."""
@@ -292,6 +424,19 @@ class SessionManager:
         if backend is None:
             raise BackendUnavailable(f"backend '{name}' is not configured on this server")
         return backend
+
+    def _expire(self, session: Session, detachment: int) -> None:
+        """Stop a session whose client did not come back within the resume grace."""
+        self.runtime.sleep(self.config.resume_grace)
+        if session.detachments == detachment and not session.attached and session.state == "running":
+            logger.info("session %s: not resumed within %.0f s; finishing", session.id, self.config.resume_grace)
+            self._stop(session)
+
+    def _forget_ended(self) -> None:
+        now = time.monotonic()
+        for session_id, session in list(self._ended.items()):
+            if now - session.ended_at > self.config.resume_grace:
+                del self._ended[session_id]
 
     def _running(self, sid: str) -> Session:
         session = self._by_owner.get(sid)
@@ -487,7 +632,8 @@ class SessionManager:
         # A client paused when the cloud failed must have the local stream's words final too.
         session.paused_at = -1
         at = round(session.offset, 3)
-        self.emit(
+        self._to_room(
+            session,
             "backend_changed",
             {
                 "session_id": session.id,
@@ -497,10 +643,9 @@ class SessionManager:
                 "code": exc.code,
                 "at": at,
             },
-            session.room,
         )
         # The cloud's last partial covered audio the local model is about to redo: clear it.
-        self.emit("partial", {"session_id": session.id, "text": "", "start": at, "end": at}, session.room)
+        self._to_room(session, "partial", {"session_id": session.id, "text": "", "start": at, "end": at})
         self._notify("failover", session, exc)
         if first > round(resume_at * SAMPLE_RATE):
             lost = f"audio from {resume_at:.2f} s to {first / SAMPLE_RATE:.2f} s"
@@ -564,21 +709,35 @@ class SessionManager:
                 payload["start"] = max(payload["start"], session.last_final_start)
                 payload["end"] = max(payload["end"], payload["start"])
                 session.last_final_start = payload["start"]
-                session.next_segment += 1
                 session.finals.append((event.text, event.joins_previous))
-                self.emit("final", payload, session.room)
+                self._to_room(session, "final", payload)
+                session.next_segment += 1
             elif isinstance(event, Partial):
-                self.emit("partial", partial_payload(session.id, event, session.offset), session.room)
+                self._to_room(session, "partial", partial_payload(session.id, event, session.offset))
             elif isinstance(event, LanguageDetected):
                 session.language = event.language
-                self.emit("language", language_payload(session.id, event), session.room)
+                self._to_room(session, "language", language_payload(session.id, event))
             elif isinstance(event, SpeechActivity):
                 session.speech.append((event.start + session.offset, event.end + session.offset))
             self._notify("event", session, event)
 
+    def _to_room(self, session: Session, event: str, payload: dict) -> None:
+        """Send a session's event to its room, and keep it for a client that resumes."""
+        with session.emitting:
+            if event == "partial":
+                session.partial = payload
+            elif event != "stopped":
+                session.log.append((session.next_segment, event, payload))
+            self.emit(event, payload, session.room)
+
     def _error(self, session: Session, error: TranscriptionError) -> None:
         self._notify("error", session, error)
-        self.emit("error", {**error.to_payload(), "session_id": session.id}, session.owner)
+        payload = {**error.to_payload(), "session_id": session.id}
+        with session.emitting:
+            if session.attached:
+                self.emit("error", payload, session.owner)
+            else:  # the owner's connection is gone: a resume delivers it
+                session.missed.append(payload)
 
     def _close(self, session: Session) -> None:
         try:
@@ -591,23 +750,32 @@ class SessionManager:
             "duration": round(session.duration, 3),
             "transcript": session.transcript,
         }
+        session.stopped = payload
         self._notify("stopped", session, payload)
-        self.emit("stopped", payload, session.room)
+        self._to_room(session, "stopped", payload)
         stays = (session.owner, session.room) in self.watching or any(
             s is not session and s.owner == session.owner and s.room == session.room for s in self.active()
         )
-        if self.leave_room is not None and not stays:
+        if self.leave_room is not None and session.attached and not stays:
             # The owner joined the room with its start: it leaves with its session, or it
             # would hear the next session someone starts there as if it were its own.
-            try:
-                self.leave_room(session.owner, session.room)
-            except Exception:  # the connection may be gone already
-                logger.debug("session %s: leaving the room failed", session.id, exc_info=True)
+            self._call_quietly(self.leave_room, session.owner, session.room)
+        if not session.attached and self.config.resume_grace > 0:
+            session.ended_at = time.monotonic()
+            self._forget_ended()
+            self._ended[session.id] = session
         self._sessions.pop(session.id, None)
         if self._by_owner.get(session.owner) is session:
             self._by_owner.pop(session.owner, None)
         session.done.set()
         logger.info("session %s stopped: %.1f s of audio, %d finals", session.id, session.duration, len(session.finals))
+
+    @staticmethod
+    def _call_quietly(call: RoomCall, sid: str, room: str) -> None:
+        try:
+            call(sid, room)
+        except Exception:  # the connection may be gone already
+            logger.debug("a room change for %s failed", sid, exc_info=True)
 
     def report_error(self, sid: str, error: TranscriptionError) -> None:
         """An error answered to a client outside a session worker (metrics count it)."""

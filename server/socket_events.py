@@ -21,6 +21,9 @@ from server.sessions import SessionManager
 
 logger = logging.getLogger(__name__)
 
+# Disconnect reasons of a connection that ended without a goodbye: its session may be resumed.
+DROPPED = frozenset({SocketIO.reason.PING_TIMEOUT, SocketIO.reason.TRANSPORT_CLOSE, SocketIO.reason.TRANSPORT_ERROR})
+
 
 def register_socket_events(socketio: SocketIO, manager: SessionManager, server_info: Callable[[], dict]) -> None:
     """Attach the protocol v1 handlers to ``socketio``."""
@@ -56,31 +59,20 @@ def register_socket_events(socketio: SocketIO, manager: SessionManager, server_i
         emit("server_info", server_info())
 
     @socketio.on("disconnect")
-    def on_disconnect(*_: Any) -> None:
-        manager.disconnect(request.sid)
+    def on_disconnect(reason: Any = None, *_: Any) -> None:
+        manager.disconnect(request.sid, dropped=reason in DROPPED)
 
     @socketio.on("start")
     @_reports_errors
     def on_start(data: Any = None) -> None:
         session = manager.start(request.sid, data)
         join_room(session.room)
-        backend = manager.backends[session.backend].info()
-        emit(
-            "ready",
-            {
-                "session_id": session.id,
-                "room": session.room,
-                "backend": session.backend,
-                "model": backend.model,
-                "device": backend.device,
-                "device_name": backend.device_name,
-                "compute_type": backend.compute_type,
-                "language": session.language or "auto",
-                "task": session.options.task,
-                "sample_rate": session.audio_format.sample_rate,
-                "encoding": session.audio_format.encoding,
-            },
-        )
+        emit("ready", manager.describe(session))
+
+    @socketio.on("resume")
+    @_reports_errors
+    def on_resume(data: Any = None) -> None:
+        manager.resume(request.sid, data)
 
     @socketio.on("audio")
     @_reports_errors
@@ -135,6 +127,7 @@ def server_info_payload(manager: SessionManager, version: str) -> dict:
         "default_backend": "local",
         "default_language": manager.config.language,
         "idle_final": manager.config.idle_final,  # seconds; 0: a pause does not finalise
+        "resume_grace": manager.config.resume_grace,  # seconds; 0: a dropped connection ends its session
         "limits": {
             "max_payload_bytes": manager.config.max_payload_bytes,
             "min_sample_rate": MIN_SAMPLE_RATE,

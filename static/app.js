@@ -199,7 +199,9 @@ function renderConnection(state) {
   if (state !== "connected") el.connRtt.textContent = "";
   if (state === "connected") dismissAlerts("connection");
   else if (state === "reconnecting") {
-    showAlert("The connection to the server was interrupted. Reconnecting…", { kind: "info", key: "connection" });
+    // The server keeps a session whose connection dropped, and the client keeps its audio.
+    const kept = client && client.resuming ? " The session goes on: what you say meanwhile is sent once it is back." : "";
+    showAlert(`The connection to the server was interrupted. Reconnecting…${kept}`, { kind: "info", key: "connection" });
   } else if (state === "disconnected") {
     showAlert("Disconnected from the server. Reload the page to try again.", { key: "connection" });
   }
@@ -800,6 +802,13 @@ function wireClient() {
       }
       abandonCapture();
     }
+  });
+  client.on("resumed", (p) => {
+    if (!isOurs(p)) return;
+    showAlert("Reconnected: the session goes on, and what you said meanwhile is being transcribed.", {
+      kind: "info",
+      key: "connection",
+    });
   });
   client.on("session_lost", () => {
     if (mode !== "own") return;

@@ -97,7 +97,18 @@ def running_server(
 class Client:
     """A python-socketio client (WebSocket) that records every event with its arrival time."""
 
-    EVENTS = ("server_info", "ready", "partial", "final", "language", "error", "stopped", "joined", "backend_changed")
+    EVENTS = (
+        "server_info",
+        "ready",
+        "resumed",
+        "partial",
+        "final",
+        "language",
+        "error",
+        "stopped",
+        "joined",
+        "backend_changed",
+    )
 
     def __init__(self, url: str) -> None:
         self.sio = socketio.Client(reconnection=False)

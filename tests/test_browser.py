@@ -549,6 +549,72 @@ def test_a_session_ended_by_an_error_leaves_no_partial_and_the_next_starts_after
     assert not page.page_errors
 
 
+def start_resumable_session(page) -> None:
+    fire(page, "connect")
+    fire(page, "server_info", {**server_info(LOCAL_TINY_EN, CLOUD_ON), "resume_grace": 30})
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    fire(page, "ready", {**READY, "language": "en", "task": "transcribe", "resume_token": "tok"})
+    page.wait_for_function("window.__fake.emitted.filter(e => e[0] === 'audio').length >= 5")
+
+
+def sent_frames(page) -> int:
+    return sum(e[1]["bytes"] for e in emitted(page, "audio")) // 2
+
+
+def test_a_dropped_connection_keeps_the_session_and_sends_what_the_server_missed(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    fire(page, "final", {"session_id": "s1", "segment_id": 0, "text": "Hello there.", "start": 0.0, "end": 1.0})
+    fire(page, "disconnect", "transport close")
+    before = sent_frames(page)
+    assert "The session goes on" in page.inner_text(".alert[data-key=connection]")
+    page.wait_for_timeout(500)  # the microphone goes on; its audio is kept, not sent
+    assert sent_frames(page) == before
+    assert page.evaluate("window.livescribe.state") == "running"
+
+    fire(page, "connect")
+    assert emitted(page, "resume") == [["resume", {"session_id": "s1", "token": "tok", "after": 0}]]
+    # The last 1.5 chunks sent before the drop never arrived (a dead socket takes a ping
+    # timeout to notice): the server says how much it got, the page sends the rest.
+    received = before - 2400
+    resumed = {**READY, "language": "en", "task": "transcribe", "resume_token": "tok", "state": "running"}
+    out = page.evaluate(
+        """([payload, mark]) => {
+            window.__fake.fire('resumed', payload);
+            const audio = window.__fake.emitted.slice(mark).filter(e => e[0] === 'audio');
+            return {sizes: audio.map(e => e[1].bytes), sent: window.livescribe.audioSecondsSent};
+        }""",
+        [{**resumed, "received": received, "next_segment_id": 2}, len(emitted(page))],
+    )
+    assert out["sizes"][:2] == [1600, 3200]  # from the middle of the chunk it stopped in
+    assert sum(out["sizes"]) == round(out["sent"] * 16000) * 2 - received * 2
+    assert "Reconnected" in page.inner_text(".alert[data-key=connection]")
+    fire(page, "final", {"session_id": "s1", "segment_id": 1, "text": "Said while away.", "start": 1.0, "end": 2.0})
+    assert finals_text(page_finals(page)) == "Hello there. Said while away."
+    page.click("#stop-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")
+    fire(page, "stopped", {"session_id": "s1", "duration": 3.0, "transcript": "", "analysis": {}})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    assert not page.page_errors
+
+
+def test_a_session_the_server_could_not_keep_is_reported_lost(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    fire(page, "disconnect", "transport close")
+    page.click("#stop-btn")  # while away: the stop waits for the session to be back
+    page.wait_for_timeout(200)
+    assert emitted(page, "stop") == []
+    fire(page, "connect")
+    assert emitted(page, "resume")[0][1]["after"] == -1
+    fire(page, "error", {"code": "not_resumable", "message": "session s1 cannot be resumed", "fatal": False})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    assert "the server ended the session" in page.inner_text("#alerts")
+    assert emitted(page, "stop") == [] and page.is_visible("#start-btn")
+    assert not page.page_errors
+
+
 def test_a_ready_after_the_start_timed_out_is_stopped_not_shown(launch, static_url):
     browser = launch()
     page = browser.new_page()

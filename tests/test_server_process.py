@@ -123,3 +123,45 @@ def test_other_async_modes_transcribe(mode: str, en00: Fixture):
             client.sio.disconnect()
         reference = " ".join(u["text"] for u in clip.reference["utterances"])
         assert wer(reference, stopped["transcript"]) < 0.2
+
+
+def test_a_client_whose_connection_drops_resumes_its_session(server_url: str, en00: Fixture):
+    # The speaker's network fails mid-phrase (12.5 s, inside "Please enter the number to be
+    # removed from the blacklist", 11.1-14.0 s): the server keeps the session, finalises the
+    # words it heard once the client has been silent for --idle-final, and hands the session
+    # to the new connection that comes back with the token, with the finals it missed.
+    import socket
+
+    clip = en00.clip(25.0)
+    cut = int(12.5 * 16000) * 2
+    speaker, back = Client(server_url), None
+    try:
+        speaker.sio.emit("start", {"language": "en"})
+        ready = speaker.wait_for("ready")[0]
+        speaker.stream(clip.pcm[:cut], speed=4.0)
+        speaker.sio.eio.ws.sock.shutdown(socket.SHUT_RDWR)  # no goodbye: a dropped network
+        time.sleep(2.0)  # the server notices, and finalises what it heard (--idle-final 1 s)
+        before = speaker.named("final")
+
+        back = Client(server_url)
+        last = before[-1]["segment_id"] if before else -1
+        back.sio.emit("resume", {"session_id": ready["session_id"], "token": ready["resume_token"], "after": last})
+        resumed = back.wait_for("resumed")[0]
+        assert resumed["session_id"] == ready["session_id"] and resumed["state"] == "running"
+        assert resumed["received"] * 2 == cut  # everything sent before the drop arrived
+        missed = back.wait_for("final", timeout=5)
+        assert missed[0]["segment_id"] == last + 1, "the words finalised while away were not replayed"
+        back.stream(clip.pcm[resumed["received"] * 2 :], speed=4.0)
+        back.sio.emit("stop")
+        stopped = back.wait_for("stopped", timeout=60)[0]
+    finally:
+        for client in (speaker, back):
+            if client is not None:
+                client.sio.disconnect()
+    finals = before + back.named("final")
+    assert [f["segment_id"] for f in finals] == list(range(len(finals)))  # none lost, none twice
+    assert_finals_well_formed(finals)
+    assert stopped["transcript"] == finals_text(finals)
+    assert stopped["duration"] == pytest.approx(25.0, abs=0.05)
+    assert wer(clip.text, stopped["transcript"]) < 0.2
+    assert back.named("error") == []

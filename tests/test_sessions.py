@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -15,6 +16,7 @@ from backends.errors import BackendFailure, CloudError, InvalidRequest, Transcri
 from server.app import create_app, get_context
 from server.config import CloudOptions, Config
 from server.sessions import SessionManager
+from tests.test_metrics import scrape, value
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,6 +69,8 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict, str]] = []
         self.on_error: Callable[[dict, str], None] | None = None
+        self.joined: list[tuple[str, str]] = []  # (sid, room) the manager put in a room
+        self.app = None
 
     def __call__(self, event: str, payload: dict, to: str) -> None:
         self.sent.append((event, payload, to))
@@ -82,6 +86,8 @@ def manager_with(backend: ScriptedBackend, **config) -> tuple[SessionManager, Re
     manager = get_context(app).sessions
     recorder = Recorder()
     manager.emit = recorder
+    manager.join_room = lambda sid, room: recorder.joined.append((sid, room))
+    recorder.app = app
     return manager, recorder
 
 
@@ -218,8 +224,6 @@ def test_a_client_sending_long_chunks_is_not_taken_for_one_that_paused():
     # between two is not a pause (it was: every chunk boundary became a forced final, and
     # 1.2 s chunks at the default 1 s scored WER 0.33 instead of 0.04). Silence after the
     # last chunk still is.
-    import time
-
     pauses: list[int] = []
 
     class Pausable(ScriptedStream):
@@ -256,3 +260,147 @@ def test_a_stream_is_opened_under_its_sessions_id():
     assert seen == [session.id]
     manager.stop("a")
     assert session.done.wait(5)
+
+
+# --- resuming after a dropped connection --------------------------------------------------
+
+
+class Gate:
+    """A feed that says one word per call and, once armed, waits to be let through: the
+    test drops the connection while a final is being made."""
+
+    def __init__(self) -> None:
+        self.armed, self.waiting, self.through = False, threading.Event(), threading.Event()
+
+    def __call__(self, stream: ScriptedStream) -> list[Event]:
+        if self.armed:
+            self.waiting.set()
+            self.through.wait(10)
+        end = stream.fed / SAMPLE_RATE
+        return [Final(text=f"word{stream.feeds}", start=end - 0.5, end=end)]
+
+
+def sent_to(recorder: Recorder, sid: str) -> list[tuple[str, object]]:
+    sent = [(event, payload) for event, payload, to in recorder.sent if to == sid]
+    return [(event, payload.get("segment_id", payload.get("code"))) for event, payload in sent]
+
+
+def test_a_dropped_connection_leaves_its_session_for_the_client_to_resume():
+    gate = Gate()
+    manager, recorder = manager_with(ScriptedBackend("local", lambda: ScriptedStream(gate)), resume_grace=10)
+    session = manager.start("a", {"sample_rate": 8000})
+    token = manager.describe(session)["resume_token"]
+    manager.audio("a", PCM_SECOND)  # 16000 frames at 8 kHz: 2 s
+    gate.armed = True
+    manager.audio("a", PCM_SECOND)
+    assert gate.waiting.wait(5)
+    manager.disconnect("a", dropped=True)  # while the second word is being made
+    gate.through.set()
+    while session.next_segment < 2:
+        time.sleep(0.01)
+    assert session.state == "running" and not session.done.is_set()
+    with pytest.raises(InvalidRequest) as wrong:
+        manager.resume("b", {"session_id": session.id, "token": token[:-1] + "x"})
+    assert wrong.value.code == "not_resumable"
+
+    manager.resume("b", {"session_id": session.id, "token": token, "after": 0})
+    resumed = next(p for e, p, to in recorder.sent if e == "resumed")
+    assert resumed["session_id"] == session.id and resumed["state"] == "running"
+    # Counted in the client's frames, from which it sends again what never arrived.
+    assert resumed["received"] == 2 * 16000 and resumed["duration"] == pytest.approx(4.0, abs=0.01)
+    assert resumed["next_segment_id"] == 2
+    # Only what the client lacks: the final made while it was away, after its last one (0).
+    assert sent_to(recorder, "b") == [("resumed", None), ("final", 1)]
+    assert recorder.joined == [("b", session.room)]
+    with pytest.raises(InvalidRequest) as gone:  # the old connection no longer owns it
+        manager.audio("a", PCM_SECOND)
+    assert gone.value.code == "not_started"
+    gate.armed = False
+    manager.audio("b", PCM_SECOND)
+    manager.stop("b")
+    assert session.done.wait(5)
+    assert recorder.named("stopped")[0]["transcript"].startswith("word1 word2 word3")  # + the resampler's tail
+    samples = scrape(recorder.app)
+    assert value(samples, "livescribe_session_drops_total", event="dropped") == 1
+    assert value(samples, "livescribe_session_drops_total", event="resumed") == 1
+
+
+def test_a_session_not_resumed_in_time_ends_and_a_late_resume_still_gets_its_end():
+    manager, recorder = manager_with(ScriptedBackend("local", lambda: ScriptedStream(Gate())), resume_grace=0.3)
+    session = manager.start("a", {})
+    token = manager.describe(session)["resume_token"]
+    manager.audio("a", PCM_SECOND)
+    while session.next_segment < 1:
+        time.sleep(0.01)
+    manager.disconnect("a", dropped=True)
+    assert session.done.wait(5), "the grace ran out but the session went on"
+    assert manager.active() == []
+    # Back within the grace after the end: the finals after the client's last, and the end.
+    manager.resume("b", {"session_id": session.id, "token": token})
+    assert sent_to(recorder, "b") == [("resumed", None), ("final", 0), ("stopped", None)]
+    assert recorder.named("resumed")[0]["state"] == "stopped"
+    with pytest.raises(InvalidRequest) as once:  # delivered: nothing more to resume
+        manager.resume("c", {"session_id": session.id, "token": token})
+    assert once.value.code == "not_resumable"
+
+
+def test_a_clean_disconnect_or_no_grace_ends_the_session_at_once():
+    for grace, dropped in ((30.0, False), (0.0, True)):
+        manager, _ = manager_with(ScriptedBackend("local", lambda: ScriptedStream(Gate())), resume_grace=grace)
+        session = manager.start("a", {})
+        manager.audio("a", PCM_SECOND)
+        manager.disconnect("a", dropped=dropped)
+        assert session.done.wait(5)
+        with pytest.raises(InvalidRequest) as late:
+            manager.resume("b", {"session_id": session.id, "token": session.resume_token})
+        assert late.value.code == "not_resumable"
+
+
+def test_errors_while_the_owner_is_away_are_delivered_when_it_resumes():
+    def failing_feed(stream: ScriptedStream) -> list[Event]:
+        raise CloudError("connection lost (simulated)", code="cloud_connection_lost")
+
+    failing = threading.Event()
+    manager, recorder = manager_with(
+        ScriptedBackend("cloud", lambda: ScriptedStream(lambda s: failing.wait(5) and failing_feed(s))),
+        cloud=CloudOptions(failover=False),
+        resume_grace=10,
+    )
+    session = manager.start("a", {"backend": "cloud"})
+    manager.audio("a", PCM_SECOND)
+    manager.disconnect("a", dropped=True)
+    failing.set()
+    assert session.done.wait(5)
+    assert recorder.named("error") == []  # nobody to tell yet
+    manager.resume("b", {"session_id": session.id, "token": session.resume_token})
+    assert sent_to(recorder, "b") == [("resumed", None), ("error", "cloud_connection_lost"), ("stopped", None)]
+    assert recorder.named("error")[0]["fatal"]
+
+
+def test_a_resume_takes_the_session_from_a_connection_not_yet_noticed_dead():
+    left: list[tuple[str, str]] = []
+    manager, _ = manager_with(ScriptedBackend("local", lambda: ScriptedStream(Gate())))
+    manager.leave_room = lambda sid, room: left.append((sid, room))
+    session = manager.start("a", {})
+    manager.audio("a", PCM_SECOND)
+    with pytest.raises(InvalidRequest) as busy:  # a connection with a session of its own
+        manager.resume("a", {"session_id": session.id, "token": session.resume_token})
+    assert busy.value.code == "already_started"
+    manager.resume("b", {"session_id": session.id, "token": session.resume_token})
+    assert left == [("a", session.room)] and manager.session_of("b") is session
+    assert manager.session_of("a") is None
+    manager.disconnect("a", dropped=True)  # noticed at last: nothing happens to the session
+    assert session.attached and session.state == "running"
+    manager.stop("b")
+    assert session.done.wait(5)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [None, "abc", {"session_id": "x"}, {"session_id": "x", "token": 5}, {"session_id": "x", "token": "t", "after": -2}],
+)
+def test_a_malformed_resume_is_an_invalid_request(payload):
+    manager, _ = manager_with(ScriptedBackend("local", lambda: ScriptedStream()))
+    with pytest.raises(InvalidRequest) as bad:
+        manager.resume("a", payload)
+    assert bad.value.code == "invalid_request"

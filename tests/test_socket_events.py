@@ -42,6 +42,7 @@ def test_server_info_describes_backends(socketio, app):
     info = connect(socketio, app).named("server_info")[0]
     assert info["protocol"] == 1
     assert info["idle_final"] == 1.0  # how soon a pause finalises (--idle-final)
+    assert info["resume_grace"] == 30.0  # how long a dropped connection's session waits
     local = info["backends"]["local"]
     assert local["available"] and local["model"] == "tiny.en" and local["device"] == "cpu"
     assert info["backends"]["cloud"]["available"] is False
@@ -55,6 +56,7 @@ def test_replay_fixture_in_real_time_chunks(socketio, app, en00: Fixture):
     assert ready["backend"] == "local" and ready["model"] == "tiny.en"
     assert ready["device"] == "cpu" and ready["compute_type"] == "int8"
     assert ready["sample_rate"] == 16000 and ready["language"] == "en"
+    assert len(ready["resume_token"]) >= 20  # only the sender gets it
 
     client.stream(en00.pcm, speed=2.0)
     client.client.emit("stop")

@@ -10,12 +10,35 @@
  *
  * Events: "connection" (state: "connecting" | "connected" | "reconnecting" | "disconnected"),
  * "server_info", "ready", "partial", "final", "language", "backend_changed", "stopped",
- * "error", "joined", "left".
+ * "error", "joined", "left"; "resumed" (the session survived a dropped connection) and
+ * "session_lost" (it did not).
+ *
+ * A dropped connection does not end the session: the server keeps it for
+ * `server_info.resume_grace` seconds. Audio given to `sendAudio` meanwhile is kept; once the
+ * socket reconnects the client resumes the session with its token, the server replays the
+ * finals it missed, and the audio the server never got is sent again (docs/PROTOCOL.md,
+ * "Resuming a session").
  */
 
 export const PROTOCOL_VERSION = 1;
 
-const FORWARDED = ["server_info", "ready", "partial", "final", "language", "backend_changed", "stopped", "joined", "left"];
+const FORWARDED = [
+  "server_info",
+  "ready",
+  "resumed",
+  "partial",
+  "final",
+  "language",
+  "backend_changed",
+  "stopped",
+  "joined",
+  "left",
+];
+
+// Audio kept for sending again after a dropped connection: a drop is noticed up to a ping
+// timeout late, and the server waits resume_grace for the client to come back.
+const KEEP_SECONDS = 90;
+const BYTES_PER_FRAME = { pcm_s16le: 2, pcm_f32le: 4 };
 
 /** A server `error` payload ({code, message, fatal}) as an Error. */
 export class ServerError extends Error {
@@ -40,6 +63,10 @@ export class LivescribeClient {
     this.serverInfo = null;
     this.session = null; // the `ready` payload of this connection's running session
     this._pending = null; // {kind: "start"|"stop", resolve, reject}
+    this._away = false; // the connection dropped while a session ran: resume it on reconnect
+    this._sent = 0; // frames of this session's audio given to sendAudio
+    this._kept = []; // [{at, frames, pcm}]: the last KEEP_SECONDS of them, to send again
+    this._lastSegment = -1; // the last final of this session received
     const options = { reconnection: true, reconnectionDelay: 500, reconnectionDelayMax: 5000, ...socketOptions };
     this.socket = url ? io(url, options) : io(options);
     this._wire();
@@ -69,18 +96,36 @@ export class LivescribeClient {
 
   _wire() {
     const { socket } = this;
-    socket.on("connect", () => this._setConnection("connected"));
+    socket.on("connect", () => {
+      this._setConnection("connected");
+      if (this._away && this.session) {
+        const { session_id, resume_token } = this.session;
+        socket.emit("resume", { session_id, token: resume_token, after: this._lastSegment });
+      }
+    });
     socket.on("disconnect", (reason) => {
-      // The server ends a connection's session when it drops; nothing of it survives here.
       const lost = this.session;
-      this.session = null;
-      this._settle("reject", new ServerError({ code: "disconnected", message: "The connection to the server was lost.", fatal: true }));
+      const grace = this.serverInfo && this.serverInfo.resume_grace;
+      // A dropped network (not our goodbye, not the server's): the server keeps the session.
+      const resumable = lost && lost.resume_token && grace > 0 && reason !== "io client disconnect" && reason !== "io server disconnect";
+      const gone = new ServerError({ code: "disconnected", message: "The connection to the server was lost.", fatal: true });
+      if (resumable) {
+        this._away = true;
+        this._settle("reject", gone, "start"); // a stop waits for the resumed session's end
+        // The server stops the session `grace` after it notices the drop and keeps its end as
+        // long again: past that, nothing is left to resume.
+        clearTimeout(this._giveUp);
+        this._giveUp = setTimeout(() => this._lose(gone), (2 * grace + 10) * 1000);
+      } else {
+        this._endSession();
+        this._settle("reject", gone);
+      }
       if (reason === "io client disconnect") this._setConnection("disconnected");
       else {
         if (reason === "io server disconnect") socket.connect(); // the server kicked us: try again
         this._setConnection("reconnecting");
       }
-      if (lost) this._emitLocal("session_lost", lost);
+      if (lost && !resumable) this._emitLocal("session_lost", lost);
     });
     socket.on("connect_error", () => {
       if (!socket.connected) this._setConnection(socket.active ? "reconnecting" : "disconnected");
@@ -96,22 +141,73 @@ export class LivescribeClient {
   _onServerEvent(event, payload) {
     if (event === "server_info") this.serverInfo = payload;
     if (event === "ready") {
+      this._endSession();
       this.session = payload;
       this._settle("resolve", payload, "start");
     }
-    if (event === "stopped" && this.session && payload.session_id === this.session.session_id) {
-      this.session = null;
+    const ours = this.session && payload && payload.session_id === this.session.session_id;
+    if (event === "resumed" && ours) {
+      clearTimeout(this._giveUp);
+      this._away = false;
+      this.session = { ...this.session, ...payload };
+      this._sendKeptFrom(payload.received);
+      // A stop sent into the dead connection never arrived.
+      if (payload.state === "running" && this._pending && this._pending.kind === "stop") this.socket.emit("stop");
+    }
+    if (event === "final" && ours) this._lastSegment = Math.max(this._lastSegment, payload.segment_id);
+    if (event === "stopped" && ours) {
+      this._endSession();
       this._settle("resolve", payload, "stop");
     }
     this._emitLocal(event, payload);
   }
 
+  /** The session could not be resumed: what it said after the drop went to nobody. */
+  _lose(err) {
+    const lost = this.session;
+    if (!lost) return;
+    this._endSession();
+    this._settle("reject", err, "stop");
+    this._emitLocal("session_lost", lost);
+  }
+
+  _endSession() {
+    clearTimeout(this._giveUp);
+    this.session = null;
+    this._away = false;
+    this._sent = 0;
+    this._kept = [];
+    this._lastSegment = -1;
+  }
+
+  /** After a resume: send again the audio from frame `received` on (what never arrived). */
+  _sendKeptFrom(received) {
+    const bytesPerFrame = BYTES_PER_FRAME[this.session.encoding] || 2;
+    const first = this._kept.length ? this._kept[0].at : this._sent;
+    if (Number.isFinite(received) && first > received) {
+      const seconds = (first - received) / (this.session.sample_rate || 16000);
+      this._emitLocal(
+        "error",
+        new ServerError({ code: "audio_lost", message: `${seconds.toFixed(1)} s of audio recorded while disconnected was more than this page keeps and was not sent.`, fatal: false }),
+      );
+    }
+    for (const { at, frames, pcm } of this._kept) {
+      if (at + frames <= received) continue;
+      const skip = Math.max(0, received - at);
+      this.socket.emit("audio", skip ? pcm.slice(skip * bytesPerFrame) : pcm);
+    }
+  }
+
   _onServerError(payload) {
     const err = new ServerError(payload);
+    if (this._away && err.code === "not_resumable") {
+      this._lose(err); // gone for longer than the server waited
+      return;
+    }
     // Before `ready`, an error answers the `start` (bad backend, language, busy server...).
     if (this._pending && this._pending.kind === "start") this._settle("reject", err, "start");
     else if (err.fatal && this.session) {
-      this.session = null;
+      this._endSession();
       this._settle("reject", err, "stop");
     }
     this._emitLocal("error", err);
@@ -146,16 +242,32 @@ export class LivescribeClient {
     return answer;
   }
 
-  /** Send one chunk of PCM (ArrayBuffer / typed array) in the announced encoding and rate. */
+  /** Send one chunk of PCM (ArrayBuffer / typed array) in the announced encoding and rate.
+   * While the connection is down it is kept, and sent once the session is resumed. */
   sendAudio(pcm) {
+    const session = this.session;
+    if (session) {
+      const buffer = pcm instanceof ArrayBuffer ? pcm : pcm.buffer.slice(pcm.byteOffset, pcm.byteOffset + pcm.byteLength);
+      const frames = buffer.byteLength / (BYTES_PER_FRAME[session.encoding] || 2);
+      this._kept.push({ at: this._sent, frames, pcm: buffer });
+      this._sent += frames;
+      const keep = KEEP_SECONDS * (session.sample_rate || 16000);
+      while (this._kept.length > 1 && this._sent - this._kept[1].at >= keep) this._kept.shift();
+    }
+    if (this._away) return;
     this.socket.emit("audio", pcm);
+  }
+
+  /** Whether the connection dropped and the session waits to be resumed. */
+  get resuming() {
+    return this._away;
   }
 
   /** Stop the session; resolves with the `stopped` payload once the last finals are out. */
   stop() {
     if (!this.session) return Promise.resolve(null);
     const answer = this._expect("stop");
-    this.socket.emit("stop");
+    if (!this._away) this.socket.emit("stop"); // else sent once the session is resumed
     return answer;
   }
 
