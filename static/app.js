@@ -77,6 +77,8 @@ const ERROR_TEXT = {
   backend_error: "Part of the audio could not be transcribed.",
   internal_error: "The server hit an internal error.",
   disconnected: "The connection to the server was lost.",
+  not_resumable: "The server no longer has the session.",
+  audio_lost: "Some audio recorded while the connection was down could not be transcribed.",
 };
 
 function plainError(err) {
@@ -781,6 +783,12 @@ function wireClient() {
     }
   });
   client.on("stopped", (p) => {
+    if (mode === "own" && runState === "running" && session && p && p.session_id === session.session_id) {
+      // Ended by the server, not by us: not resumed in time after a dropped connection.
+      onOwnStopped(p);
+      abandonCapture();
+      return;
+    }
     if (mode === "own" && p && p.session_id === endedByServer) {
       // Ours, ended by a fatal error: later sessions start after its audio.
       endedByServer = null;
@@ -804,7 +812,7 @@ function wireClient() {
     }
   });
   client.on("resumed", (p) => {
-    if (!isOurs(p)) return;
+    if (mode !== "own" || !session || !p || p.session_id !== session.session_id) return;
     showAlert("Reconnected: the session goes on, and what you said meanwhile is being transcribed.", {
       kind: "info",
       key: "connection",

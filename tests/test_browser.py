@@ -615,6 +615,27 @@ def test_a_session_the_server_could_not_keep_is_reported_lost(fake_page):
     assert not page.page_errors
 
 
+def test_a_resume_that_finds_the_session_ended_shows_its_end_and_what_was_not_sent(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    fire(page, "disconnect", "transport close")
+    before = sent_frames(page)
+    page.wait_for_timeout(300)
+    fire(page, "connect")
+    mark = len(emitted(page))
+    # Away longer than the grace: the server stopped the session; its end is replayed.
+    resumed = {**READY, "language": "en", "task": "transcribe", "resume_token": "tok", "state": "stopped"}
+    fire(page, "resumed", {**resumed, "received": before, "next_segment_id": 0})
+    fire(page, "stopped", {"session_id": "s1", "duration": before / 16000, "transcript": "", "analysis": {}})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    assert [e for e in emitted(page)[mark:] if e[0] == "audio"] == []  # nothing into a dead session
+    assert page.locator(".alert[data-code=audio_lost]").count() == 1
+    assert "Session ended after" in page.inner_text("#session-state")
+    page.wait_for_timeout(300)  # the microphone is off: nothing more goes out
+    assert [e for e in emitted(page)[mark:] if e[0] == "audio"] == []
+    assert not page.page_errors
+
+
 def test_a_ready_after_the_start_timed_out_is_stopped_not_shown(launch, static_url):
     browser = launch()
     page = browser.new_page()

@@ -150,7 +150,7 @@ export class LivescribeClient {
       clearTimeout(this._giveUp);
       this._away = false;
       this.session = { ...this.session, ...payload };
-      this._sendKeptFrom(payload.received);
+      this._sendKeptFrom(payload.received, payload.state === "running");
       // A stop sent into the dead connection never arrived.
       if (payload.state === "running" && this._pending && this._pending.kind === "stop") this.socket.emit("stop");
     }
@@ -180,21 +180,26 @@ export class LivescribeClient {
     this._lastSegment = -1;
   }
 
-  /** After a resume: send again the audio from frame `received` on (what never arrived). */
-  _sendKeptFrom(received) {
+  /** After a resume: send again the audio from frame `received` on (what never arrived),
+   * if the session still takes audio; say how much of it cannot be transcribed. */
+  _sendKeptFrom(received, running) {
     const bytesPerFrame = BYTES_PER_FRAME[this.session.encoding] || 2;
     const first = this._kept.length ? this._kept[0].at : this._sent;
-    if (Number.isFinite(received) && first > received) {
-      const seconds = (first - received) / (this.session.sample_rate || 16000);
+    const from = Number.isFinite(received) ? received : this._sent;
+    let lost = Math.max(0, first - from); // older than the page keeps
+    for (const { at, frames, pcm } of this._kept) {
+      if (at + frames <= from) continue;
+      const skip = Math.max(0, from - at);
+      if (running) this.socket.emit("audio", skip ? pcm.slice(skip * bytesPerFrame) : pcm);
+      else lost += frames - skip;
+    }
+    if (lost > 0) {
+      const seconds = (lost / (this.session.sample_rate || 16000)).toFixed(1);
+      const why = running ? "more than this page keeps" : "the session had ended before the connection came back";
       this._emitLocal(
         "error",
-        new ServerError({ code: "audio_lost", message: `${seconds.toFixed(1)} s of audio recorded while disconnected was more than this page keeps and was not sent.`, fatal: false }),
+        new ServerError({ code: "audio_lost", message: `${seconds} s of audio recorded while disconnected was not transcribed: ${why}.`, fatal: false }),
       );
-    }
-    for (const { at, frames, pcm } of this._kept) {
-      if (at + frames <= received) continue;
-      const skip = Math.max(0, received - at);
-      this.socket.emit("audio", skip ? pcm.slice(skip * bytesPerFrame) : pcm);
     }
   }
 
