@@ -11,6 +11,8 @@ import contextlib
 import functools
 import http.server
 import os
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +81,54 @@ def live_server(log_path: Path, *extra_args: str, timeout: float = 120.0) -> Ite
     """Run ``python -m server`` on a free loopback port (no cloud key); yields its base URL."""
     with running_server(*extra_args, log_path=log_path, timeout=timeout) as server:
         yield server.url
+
+
+class CuttableProxy:
+    """A loopback TCP forwarder to ``target_port`` whose open connections the test can cut at
+    once, as a failing network does (neither end says goodbye); new connections go through."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> int:
+        """Reset every open connection; returns how many there were."""
+        with self._lock:
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                # SO_LINGER 0: close sends a reset, as a dead route eventually does.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+        return len(sockets) // 2
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._target))
+            except OSError:
+                return
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 @contextlib.contextmanager

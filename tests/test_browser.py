@@ -27,6 +27,7 @@ import pytest
 from tests.browser_helpers import (
     FAKE_SOCKET_IO_JS,
     REPO,
+    CuttableProxy,
     launch_chromium,
     live_server,
     static_server,
@@ -854,6 +855,51 @@ def test_live_captions_from_the_microphone_end_to_end(launch, server_url, tmp_pa
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal overflow at phone width"
     assert not [c for c in console if c.startswith(("error", "pageerror"))], console
     print(f"screenshots in {tmp_path}")
+
+
+@pytest.mark.timeout(240)
+def test_a_network_failure_mid_session_loses_nothing(launch, server_url, tmp_path, en00):
+    # The page reaches the server through a proxy whose connections are reset mid-phrase
+    # (12.5 s, inside "Please enter the number to be removed from the blacklist"): the page
+    # reconnects, resumes the session, and sends what the server never got. Every second the
+    # microphone captured is in the session, and the transcript is whole.
+    from bench.wer import wer
+
+    clip = en00.clip(25.0)
+    wav = padded_wav(clip.pcm, TRAILING_SILENCE, tmp_path / "capture.wav")
+    proxy = CuttableProxy(int(server_url.rsplit(":", 1)[1]))
+    browser = launch(fake_audio=wav)
+    page = browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    try:
+        page.goto(proxy.url + "/")
+        page.wait_for_selector("#start-btn:not([disabled])", timeout=20000)
+        page.click("#start-btn")
+        page.wait_for_function("window.livescribe.state === 'running'", timeout=30000)
+        page.wait_for_function("window.livescribe.audioSecondsSent >= 12.5", timeout=60000, polling=50)
+        assert proxy.cut() >= 1
+        page.wait_for_function("window.livescribe.connection !== 'connected'", timeout=10000, polling=20)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.alert')].some(a => a.textContent.includes('Reconnected'))",
+            timeout=30000,
+        )
+        page.wait_for_function(f"window.livescribe.audioSecondsSent >= {clip.duration + 3.0}", timeout=60000)
+        page.click("#stop-btn")
+        page.wait_for_function("window.livescribe.state === 'idle'", timeout=60000)
+    finally:
+        proxy.close()
+    sent = page.evaluate("window.livescribe.audioSecondsSent")
+    # The session's duration (its `stopped`) is where the page's next session would start.
+    duration = page.evaluate("window.livescribe.transcript.offsetFor('next')")
+    assert duration == pytest.approx(sent, abs=0.02), f"captured {sent:.2f} s, the session took {duration:.2f} s"
+    finals = page_finals(page)
+    assert [f["id"] for f in finals] == list(range(len(finals))), "a final was lost or shown twice"
+    hypothesis = finals_text(finals)
+    assert wer(clip.text, hypothesis) < WER_BOUND, hypothesis
+    assert page.locator(".alert[data-kind=error]").count() == 0, page.inner_text("#alerts")
+    assert not [line for line in console if line.startswith(("pageerror", "error"))], console
 
 
 @pytest.mark.timeout(180)
