@@ -16,6 +16,7 @@ skip loudly (or fail under LIVESCRIBE_REQUIRE_BROWSER=1).
 
 from __future__ import annotations
 
+import html
 import io
 import itertools
 import re
@@ -233,7 +234,7 @@ def test_transcript_exports_are_well_formed(module_page):
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n[^\n]+", b) for b in blocks[1:])
     webvtt = pytest.importorskip("webvtt", reason="webvtt-py (requirements-dev.txt) parses the .vtt export")
     captions = webvtt.from_buffer(io.StringIO(vtt))
-    assert [c.text for c in captions] == [c.content for c in cues]
+    assert [html.unescape(c.text) for c in captions] == [c.content for c in cues]  # "->" is "-&gt;"
     assert [(c.start, c.end) for c in captions][1] == ("01:00:00.000", "01:00:02.000")
 
     assert exports["txt"].splitlines()[:2] == [
@@ -242,6 +243,21 @@ def test_transcript_exports_are_well_formed(module_page):
     ]
     assert exports["plain"].splitlines()[:3] == ["Hello world.", "Second --> line wrapped and more", "after a pause"]
     assert exports["partial"] is None  # ending a session clears its partial
+
+
+def test_vtt_export_escapes_what_webvtt_reads_as_markup(module_page):
+    vtt = module_page.evaluate(
+        """async () => {
+          const { Transcript } = await import('/static/lib/transcript.js');
+          const t = new Transcript();
+          t.addFinal({session_id: 'a', segment_id: 0, text: 'R&D said <i>x</i> > y.', start: 0, end: 1});
+          return t.toVTT();
+        }"""
+    )
+    assert vtt.split("\n\n")[1].split("\n")[1] == "R&amp;D said &lt;i&gt;x&lt;/i&gt; &gt; y."
+    webvtt = pytest.importorskip("webvtt", reason="webvtt-py (requirements-dev.txt) parses the .vtt export")
+    (caption,) = webvtt.from_buffer(io.StringIO(vtt))
+    assert "<i>" not in caption.text
 
 
 def test_a_final_that_goes_on_with_a_word_joins_its_line_without_a_space(module_page):

@@ -160,8 +160,10 @@ export class Transcript {
 
   /** WebVTT: the WEBVTT header, then cues with "." before the milliseconds. */
   toVTT() {
+    // Cue text is HTML-like: "R&D <team>" must be escaped or a player reads markup in it.
+    const escape = (text) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
     const cues = this._cues().map(
-      (c) => `${formatTimestamp(c.start, ".")} --> ${formatTimestamp(c.end, ".")}\n${c.text}\n`,
+      (c) => `${formatTimestamp(c.start, ".")} --> ${formatTimestamp(c.end, ".")}\n${escape(c.text)}\n`,
     );
     return ["WEBVTT\n", ...cues].join("\n");
   }
