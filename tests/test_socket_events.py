@@ -43,6 +43,8 @@ def test_server_info_describes_backends(socketio, app):
     assert info["protocol"] == 1
     assert info["idle_final"] == 1.0  # how soon a pause finalises (--idle-final)
     assert info["resume_grace"] == 30.0  # how long a dropped connection's session waits
+    # A silently dead connection is noticed within 20 s (and then resumed by the page).
+    assert (socketio.server.eio.ping_interval, socketio.server.eio.ping_timeout) == (10, 10)
     local = info["backends"]["local"]
     assert local["available"] and local["model"] == "tiny.en" and local["device"] == "cpu"
     assert info["backends"]["cloud"]["available"] is False

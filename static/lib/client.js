@@ -35,9 +35,10 @@ const FORWARDED = [
   "left",
 ];
 
-// Audio kept for sending again after a dropped connection: a drop is noticed up to a ping
-// timeout late, and the server waits resume_grace for the client to come back.
-const KEEP_SECONDS = 90;
+// Audio kept for sending again after a dropped connection: a drop is noticed up to 20 s late
+// (pings), and the server waits resume_grace (30 s) for the client to come back. No more than
+// the server's --max-backlog (60 s) would take in one go.
+const KEEP_SECONDS = 60;
 const BYTES_PER_FRAME = { pcm_s16le: 2, pcm_f32le: 4 };
 
 /** A server `error` payload ({code, message, fatal}) as an Error. */
