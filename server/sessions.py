@@ -303,16 +303,19 @@ class SessionManager:
             )
         # Only audio that is accepted goes through the resampler, which keeps a little of it.
         samples = session.resampler(pcm)
-        if samples.size:
-            with session.accepting:
-                if session.state != "running":  # a failure ended the session meanwhile
-                    raise _not_started()
-                session.accepted += len(samples)
-                session.received += len(pcm)
-                session.last_audio = time.monotonic()
-                session.last_chunk = len(samples) / SAMPLE_RATE
-                session.queue.put(samples)
-            self._notify("audio", session, len(samples))  # metrics: when each sample arrived
+        with session.accepting:
+            if session.state != "running":  # a failure ended the session meanwhile
+                raise _not_started()
+            # Counted even when the resampler keeps it all for now: a resuming client sends
+            # again only what this does not count.
+            session.received += len(pcm)
+            if not samples.size:
+                return
+            session.accepted += len(samples)
+            session.last_audio = time.monotonic()
+            session.last_chunk = len(samples) / SAMPLE_RATE
+            session.queue.put(samples)
+        self._notify("audio", session, len(samples))  # metrics: when each sample arrived
 
     def stop(self, sid: str) -> Session:
         session = self._running(sid)

@@ -404,3 +404,15 @@ def test_a_malformed_resume_is_an_invalid_request(payload):
     with pytest.raises(InvalidRequest) as bad:
         manager.resume("a", payload)
     assert bad.value.code == "invalid_request"
+
+
+def test_audio_the_resampler_holds_back_is_counted_as_received():
+    # A tiny chunk at 44.1 kHz can come out of the resampler as nothing yet: it is still
+    # accepted (it comes out with the next chunk), so a resuming client must not send it again.
+    manager, _ = manager_with(ScriptedBackend("local", lambda: ScriptedStream()))
+    session = manager.start("a", {"sample_rate": 44100})
+    manager.audio("a", b"\x00\x01" * 10)
+    manager.audio("a", b"\x00\x01" * 4410)
+    assert session.received == 4420
+    manager.stop("a")
+    assert session.done.wait(5)
