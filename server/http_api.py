@@ -255,6 +255,7 @@ def status():
                     "session_id": s.id,
                     "backend": s.backend,
                     "state": s.state,
+                    "connected": s.attached,  # False: its connection dropped, a resume may come
                     "duration": round(s.duration, 3),
                     "backlog_seconds": round((s.accepted - s.processed) / SAMPLE_RATE, 3),
                 }

@@ -299,6 +299,8 @@ def test_a_dropped_connection_leaves_its_session_for_the_client_to_resume():
     while session.next_segment < 2:
         time.sleep(0.01)
     assert session.state == "running" and not session.done.is_set()
+    (listed,) = recorder.app.test_client().get("/api/status").get_json()["queue"]["sessions"]
+    assert listed["session_id"] == session.id and listed["connected"] is False
     with pytest.raises(InvalidRequest) as wrong:
         manager.resume("b", {"session_id": session.id, "token": token[:-1] + "x"})
     assert wrong.value.code == "not_resumable"
