@@ -291,6 +291,8 @@ def test_a_dropped_connection_leaves_its_session_for_the_client_to_resume():
     session = manager.start("a", {"sample_rate": 8000})
     token = manager.describe(session)["resume_token"]
     manager.audio("a", PCM_SECOND)  # 16000 frames at 8 kHz: 2 s
+    while session.next_segment < 1:  # fed alone, not in one batch with the next chunk
+        time.sleep(0.01)
     gate.armed = True
     manager.audio("a", PCM_SECOND)
     assert gate.waiting.wait(5)
