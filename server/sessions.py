@@ -124,6 +124,7 @@ class Session:
     missed: deque[dict] = field(default_factory=lambda: deque(maxlen=MISSED_ERRORS))
     partial: dict | None = None
     stopped: dict | None = None
+    dropped_at: float = 0.0  # when its connection last dropped
     ended_at: float = 0.0
     # Held while sending to the room or the owner, and while a resume replays what was missed:
     # a final sent meanwhile would reach the resuming client before the ones replayed.
@@ -232,11 +233,7 @@ class SessionManager:
             )
         options = StreamOptions(language=request.language, task=request.task)
         backend.validate(options)
-        if len(self.active()) + len(self._opening) >= self.config.max_sessions:
-            raise TranscriptionError(
-                f"the server is running its maximum of {self.config.max_sessions} sessions; try again later",
-                code="server_busy",
-            )
+        self._take_slot()
         # Opening may block (a cloud handshake): do it on a native thread. Other starts run
         # meanwhile, so the slot is taken before, and the connection may close before it opens.
         self._opening[sid] = True
@@ -337,6 +334,7 @@ class SessionManager:
             # words); what it emits meanwhile is kept for the resume to replay.
             session.attached = False
             session.detachments += 1
+            session.dropped_at = time.monotonic()
             logger.info(
                 "session %s: connection lost; kept %.0f s for its client to resume it",
                 session.id,
@@ -427,6 +425,26 @@ class SessionManager:
         if backend is None:
             raise BackendUnavailable(f"backend '{name}' is not configured on this server")
         return backend
+
+    def _take_slot(self) -> None:
+        """Make sure a new session may start, or raise ``server_busy``. A session waiting for
+        its client to resume gives its slot up first: a client that is here goes before one
+        that may never come back (after a reload, the same user would otherwise be refused for
+        the whole grace). It is stopped as if its grace had run out, so a resume still gets
+        its finals and its end."""
+        # A session finishing without its client (stopped, or stopping) is on its way out.
+        held = [s for s in self.active() if s.attached or s.state == "running"]
+        if len(held) + len(self._opening) < self.config.max_sessions:
+            return
+        waiting = [s for s in held if not s.attached]
+        if not waiting:
+            raise TranscriptionError(
+                f"the server is running its maximum of {self.config.max_sessions} sessions; try again later",
+                code="server_busy",
+            )
+        oldest = min(waiting, key=lambda s: s.dropped_at)
+        logger.info("session %s: its slot goes to a new session while it waits for its client", oldest.id)
+        self._stop(oldest)
 
     def _expire(self, session: Session, detachment: int) -> None:
         """Stop a session whose client did not come back within the resume grace."""

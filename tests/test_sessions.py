@@ -420,3 +420,23 @@ def test_audio_the_resampler_holds_back_is_counted_as_received():
     assert session.received == 4420
     manager.stop("a")
     assert session.done.wait(5)
+
+
+def test_a_session_waiting_for_its_client_gives_its_slot_to_a_new_one():
+    # A user whose connection dropped reloads the page: the new page has no token, and the
+    # old session must not keep it out (server_busy) for the whole grace.
+    manager, recorder = manager_with(ScriptedBackend("local", lambda: ScriptedStream(Gate())), max_sessions=1)
+    old = manager.start("a", {})
+    manager.audio("a", PCM_SECOND)
+    while old.next_segment < 1:
+        time.sleep(0.01)
+    manager.disconnect("a", dropped=True)
+    new = manager.start("b", {})
+    assert old.done.wait(5) and new.state == "running"
+    with pytest.raises(TranscriptionError) as busy:  # a client that is here keeps its slot
+        manager.start("c", {})
+    assert busy.value.code == "server_busy"
+    manager.resume("d", {"session_id": old.id, "token": old.resume_token})  # its end is kept
+    assert sent_to(recorder, "d") == [("resumed", None), ("final", 0), ("stopped", None)]
+    manager.stop("b")
+    assert new.done.wait(5)
