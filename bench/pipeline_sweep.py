@@ -6,7 +6,8 @@ the model allows (no server, no pacing), so settings can be compared quickly and
 Latency is simulated for one stream on the same thread: chunk k exists at ``(k+1) * chunk``
 seconds, a feed starts once its audio exists and the previous feed is done, takes the wall time
 it really took, and whatever piled up meanwhile is fed as one batch, as a server session's
-worker does. Its events arrive when the feed returns; final and first-partial latency are then
+worker does. Its events arrive when the feed returns; final latency (per reference phrase,
+``final_lat_*``, and per final word, ``word_final_*``) and first-partial latency are then
 computed as ``bench.stream_bench`` does (which also counts the network and the server, and
 several streams).
 
@@ -175,10 +176,19 @@ def simulate(
     return events + [(now, e) for e in batch]
 
 
-def latencies(events: list[tuple[float, object]], utterances: list[dict], shift: float) -> tuple[list, list]:
-    """Final and first-partial latency per reference utterance (None: never shown)."""
+def latencies(
+    events: list[tuple[float, object]], utterances: list[dict], shift: float
+) -> tuple[list, list, list[float]]:
+    """Final and first-partial latency per reference utterance (None: never shown), and final
+    latency per final word (``stream_bench.word_final_latencies``)."""
     from backends.base import Final, Partial
-    from bench.stream_bench import SessionRecord, Utterance, final_latencies, first_partial_latencies
+    from bench.stream_bench import (
+        SessionRecord,
+        Utterance,
+        final_latencies,
+        first_partial_latencies,
+        word_final_latencies,
+    )
     from server.protocol import final_payload, partial_payload
 
     # The events as a client would have received them.
@@ -189,7 +199,8 @@ def latencies(events: list[tuple[float, object]], utterances: list[dict], shift:
         elif isinstance(event, Partial):
             record.partials.append((arrival, partial_payload("", event, 0.0)))
     utts = [Utterance(u["start"] + shift, u["end"] + shift, u["text"]) for u in utterances]
-    return final_latencies(record, utts), first_partial_latencies(record, utts)
+    # Word times are in the shifted audio already: only the references need the shift.
+    return final_latencies(record, utts), first_partial_latencies(record, utts), word_final_latencies(record)
 
 
 def run_one(
@@ -216,6 +227,7 @@ def run_one(
         options = _with(options, name.split("."), value)
     pairs, decodes, audio_seconds, short_words, no_final, no_partial = [], 0, 0.0, 0, 0, 0
     final_lat: list[float] = []
+    word_final_lat: list[float] = []
     first_lat: list[float] = []
     started_cpu, started = cpu_seconds(), time.monotonic()
     for path, shift in itertools.product(files, range(shifts)):
@@ -235,8 +247,9 @@ def run_one(
             texts[path.stem] = hypothesis
         if draws is not None:
             draws.append((path.stem, hypothesis))
-        finals, firsts = latencies(events, reference["utterances"], shift * SHIFT)
+        finals, firsts, words = latencies(events, reference["utterances"], shift * SHIFT)
         final_lat += [v for v in finals if v is not None]
+        word_final_lat += words
         first_lat += [v for v in firsts if v is not None]
         # Left out of the latency percentiles above: counted here, so that a setting that
         # finalises fewer utterances cannot look faster for it.
@@ -249,6 +262,8 @@ def run_one(
         "wer": corpus_wer(pairs),
         "final_lat_med": percentile(final_lat, 50),
         "final_lat_p90": percentile(final_lat, 90),
+        "word_final_med": percentile(word_final_lat, 50),
+        "word_final_p90": percentile(word_final_lat, 90),
         "first_partial_med": percentile(first_lat, 50),
         "decodes_per_min": decodes / audio_seconds * 60,
         "cpu_per_audio_s": (cpu_seconds() - started_cpu) / audio_seconds,

@@ -3,13 +3,15 @@
 Streams WAV files with reference JSON (the ``shared/corpus`` format) in 100 ms chunks paced to
 the wall clock, with 1..N concurrent clients, and prints one table row per configuration:
 WER of the joined finals (and of offline faster-whisper on the same audio, same model, beam 1),
-final and first-partial latency, share of reference words never finalised, partial updates
-per final word, words finalised on silence, and server CPU seconds per audio second.
+final latency per reference phrase and per final word, first-partial latency, share of
+reference words never finalised, partial updates per final word, words finalised on silence,
+and server CPU seconds per audio second.
 
 Timing model: a session's audio time ``t`` exists at wall time ``stream_start + t`` (chunk k,
 covering ``[k*c, (k+1)*c)``, is sent at ``stream_start + (k+1)*c``, like a microphone that
 ships each chunk once it is recorded). Event arrival times are stored relative to
-``stream_start``, so a latency is simply ``arrival - audio_time``. See bench/README.md.
+``stream_start``, so a latency is simply ``arrival - audio_time``: a reference phrase's end for
+the phrase final latency, each final word's own end for the per-word one. See bench/README.md.
 
     python -m bench.stream_bench                      # starts its own server, 1 stream
     python -m bench.stream_bench --streams 1,4 --json out.json
@@ -153,10 +155,12 @@ class TimedWord:
         return (self.start + self.end) / 2
 
 
-def final_words(finals: Sequence[tuple[float, dict]]) -> list[TimedWord]:
+def final_words(finals: Sequence[tuple[float, dict]], spread: bool = True) -> list[TimedWord]:
     """Every finalised word with its audio times and arrival time.
 
-    A final without ``words`` has its text spread evenly over its [start, end].
+    A final without ``words`` has its text spread evenly over its [start, end] (``spread``: a
+    guess good enough to place each word in an utterance), or else gives each of its words its
+    whole [start, end], the only times it states for them.
     """
     out: list[TimedWord] = []
     for arrival, final in finals:
@@ -166,6 +170,9 @@ def final_words(finals: Sequence[tuple[float, dict]]) -> list[TimedWord]:
             continue
         tokens = final.get("text", "").split()
         start, end = float(final.get("start", 0.0)), float(final.get("end", 0.0))
+        if not spread:
+            out.extend(TimedWord(t, start, end, arrival) for t in tokens)
+            continue
         step = (end - start) / max(1, len(tokens))
         out.extend(TimedWord(t, start + i * step, start + (i + 1) * step, arrival) for i, t in enumerate(tokens))
     return out
@@ -198,6 +205,19 @@ def final_latencies(record: SessionRecord, utterances: Sequence[Utterance]) -> l
             previous = finalised[index]
             finalised[index] = word.arrival if previous is None else max(previous, word.arrival)
     return [None if t is None else t - utt.end for t, utt in zip(finalised, utterances, strict=True)]
+
+
+def word_final_latencies(record: SessionRecord) -> list[float]:
+    """Per word of every final: the final's arrival minus the word's own end (audio time).
+
+    The phrase latency above counts a long utterance once, at its last word; here each word
+    counts, so the wait of its early words shows. Every final word counts, whether or not it
+    is in a reference utterance. A final without ``words`` dates each of its words at the
+    final's end: a lower bound, as none of them ends later.
+    """
+    # Audio time t exists at stream_start + t and arrivals are relative to stream_start (the
+    # module's timing model), so a latency is arrival - audio time, as in final_latencies.
+    return [w.arrival - w.end for w in final_words(record.finals, spread=False)]
 
 
 def first_partial_latencies(record: SessionRecord, utterances: Sequence[Utterance]) -> list[float | None]:
@@ -273,6 +293,7 @@ def session_metrics(record: SessionRecord, stream: StreamFile, offline_text: str
         "never_finalised": deleted,
         "ref_words": ref_len,
         "final_latency": final_latencies(record, stream.utterances),
+        "word_final_latency": word_final_latencies(record),
         "first_partial_latency": first_partial_latencies(record, stream.utterances),
         "partial_updates": sum(1 for _, p in record.partials if p.get("text", "").strip()),
         "final_words": final_word_count,
@@ -320,6 +341,7 @@ def summarize(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ratio = wer_stream / wer_offline
     ratio_low, ratio_high = wer_ratio_interval(metrics) if offline else (math.nan, math.nan)
     final_lat = [v for m in metrics for v in m["final_latency"] if v is not None]
+    word_final_lat = [v for m in metrics for v in m["word_final_latency"]]
     first_lat = [v for m in metrics for v in m["first_partial_latency"] if v is not None]
     utterances = sum(len(m["final_latency"]) for m in metrics)
     ref_words = sum(m["ref_words"] for m in metrics)
@@ -334,6 +356,8 @@ def summarize(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "wer_ratio_high": ratio_high,
         "final_latency_median": percentile(final_lat, 50),
         "final_latency_p90": percentile(final_lat, 90),
+        "word_final_latency_median": percentile(word_final_lat, 50),
+        "word_final_latency_p90": percentile(word_final_lat, 90),
         "first_partial_median": percentile(first_lat, 50),
         "utterances": utterances,
         "utterances_without_final": utterances - len(final_lat),
@@ -752,6 +776,8 @@ COLUMNS = [
     ("ratio 95% CI", lambda r: _interval(r.get("wer_ratio_low"), r.get("wer_ratio_high"))),
     ("final lat med", lambda r: _fmt(r["final_latency_median"], ".2f", " s")),
     ("final lat p90", lambda r: _fmt(r["final_latency_p90"], ".2f", " s")),
+    ("word final lat med", lambda r: _fmt(r["word_final_latency_median"], ".2f", " s")),
+    ("word final lat p90", lambda r: _fmt(r["word_final_latency_p90"], ".2f", " s")),
     ("1st partial med", lambda r: _fmt(r["first_partial_median"], ".2f", " s")),
     ("never final", lambda r: _fmt(r["never_finalised"] * 100, ".1f", "%")),
     ("partials/word", lambda r: _fmt(r["partials_per_final_word"], ".2f")),

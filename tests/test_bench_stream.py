@@ -79,6 +79,26 @@ def test_final_without_words_is_spread_over_its_range() -> None:
     assert words[0].mid == pytest.approx(2.15) and words[1].mid == pytest.approx(2.45)
 
 
+def test_word_final_latency_counts_each_word_from_its_own_end() -> None:
+    record = SessionRecord(stream_id="x", client=0, duration=3.0)
+    record.finals = [
+        # Audio time t was sent at t (relative to stream_start): "Press" (ends 0.8), "one"
+        # (1.0) and "for" (1.6) all wait for the final that arrives at 1.9 s.
+        (1.9, {"text": "Press one for", "start": 0.5, "end": 1.6,
+               "words": [word(" Press", 0.5, 0.8), word(" one", 0.8, 1.0), word(" for", 1.1, 1.6)]}),
+        # No word times: both words are dated at the final's end, 2.6 s.
+        (2.9, {"text": " Thank you.", "start": 2.0, "end": 2.6}),
+    ]  # fmt: skip
+    assert sb.word_final_latencies(record) == pytest.approx([1.9 - 0.8, 1.9 - 1.0, 1.9 - 1.6, 0.3, 0.3])
+    # The phrase metric counts phrase 0 once, from its end (1.5 s): 0.4 s, where "Press" waited 1.1 s.
+    assert sb.final_latencies(record, UTTERANCES) == pytest.approx([1.9 - 1.5, 2.9 - 2.6])
+    # A final with an empty ``words`` list is one without word times, not one without words.
+    record.finals = [(3.0, {"text": "thank you", "start": 2.0, "end": 2.6, "words": []})]
+    assert sb.word_final_latencies(record) == pytest.approx([0.4, 0.4])
+    # The phrase assignment still spreads them over the final's range.
+    assert [w.end for w in sb.final_words(record.finals)] == pytest.approx([2.3, 2.6])
+
+
 def test_first_partial_latency_ignores_events_that_only_brush_the_phrase() -> None:
     record = SessionRecord(stream_id="x", client=0, duration=3.0)
     record.partials = [
@@ -118,6 +138,11 @@ def test_percentile_and_summary() -> None:
     assert row["wer"] == pytest.approx(2 / 5)  # "thank you" missing
     assert row["wer_offline"] == 0.0 and math.isinf(row["wer_ratio"])
     assert row["final_latency_median"] == pytest.approx(0.3)
+    # Per word, over both sessions: 1.8 - (0.8, 1.1, 1.5) on speech and, without word times,
+    # 1.0 - 0.5 for the word finalised on silence.
+    assert row["word_final_latency_median"] == pytest.approx(0.6)
+    assert row["word_final_latency_p90"] == pytest.approx(0.91)  # 0.7 + 0.7 * (1.0 - 0.7)
+    assert metrics[0]["word_final_latency"] == pytest.approx([1.0, 0.7, 0.3])
     assert row["utterances"] == 2 and row["utterances_without_final"] == 1
     assert row["never_finalised"] == pytest.approx(2 / 5)
     assert row["partials_per_final_word"] == pytest.approx(6 / 3)
@@ -128,6 +153,9 @@ def test_percentile_and_summary() -> None:
     header, rule, line = table.splitlines()
     assert len(header) == len(rule) == len(line)
     assert "inf" in line and "n/a" in line and "40.0%" in line
+    columns = [c.strip() for c in re.split(r"\s{2,}", header.strip())]
+    assert columns[columns.index("final lat p90") + 1 :][:2] == ["word final lat med", "word final lat p90"]
+    assert " 0.60 s " in line and " 0.91 s " in line
     assert row["wer_ratio_high"] == math.inf  # offline made no error: no finite bound
 
 
@@ -365,6 +393,10 @@ def test_paced_session_against_fake_server(tmp_path: Path) -> None:
     latencies = sb.final_latencies(record, stream.utterances)
     assert latencies[0] == pytest.approx(0.2, abs=0.1)
     assert latencies[1] == pytest.approx(0.4, abs=0.1)
+    # Per word: phrase 0's words end at 0.83, 1.17 and 1.5 s and wait for its final at 1.7 s;
+    # phrase 1's "Thank" (ends 2.3 s) waits for stop (3.0 s).
+    expected = [1.7 - (0.5 + 1 / 3), 1.7 - (0.5 + 2 / 3), 1.7 - 1.5, 3.0 - 2.3]
+    assert sb.word_final_latencies(record) == pytest.approx(expected, abs=0.1)
     # Partials are sent once start + 0.3 s arrived (the chunk ending at or after that).
     assert sb.first_partial_latencies(record, stream.utterances) == pytest.approx([0.3, 0.3], abs=0.1)
     metrics = sb.session_metrics(record, stream, offline_text="Press one for. Thank you.")
@@ -387,6 +419,7 @@ def test_main_against_fake_server_prints_table_and_json(tmp_path: Path, capsys: 
     assert re.search(r"^speed: +tiny.en encoder, 1000 frames on 1 thread: \d+ ms", text, re.M), text
     table = text.split("\n\n")[-1].strip().splitlines()
     assert table[0].split()[0] == "streams" and len(table) == 4
+    assert "final lat p90  word final lat med  word final lat p90" in table[0]
     assert [line.split()[0] for line in table[2:]] == ["1", "2"]
     data = json.loads(out.read_text())
     assert data["speed"].startswith("tiny.en encoder")
@@ -398,6 +431,8 @@ def test_main_against_fake_server_prints_table_and_json(tmp_path: Path, capsys: 
         assert summary["wer"] == pytest.approx(0.2)  # one word of five dropped at stop
         assert summary["never_finalised"] == pytest.approx(0.2)
         assert summary["cpu_per_audio_s"] is None
+        # The words of the test above: the median of 0.87, 0.53, 0.2 and 0.7 s.
+        assert summary["word_final_latency_median"] == pytest.approx(0.62, abs=0.1)
         assert sorted(s["stream_id"] for s in configuration["sessions"]) == ["fake-00", "fake-silence"]
 
 

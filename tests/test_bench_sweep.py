@@ -83,12 +83,31 @@ def test_final_latency_is_the_vad_wait_plus_the_decode_time(cost):
     decoder = SlowDecoder(cost, clock)
     pipeline = StreamingPipeline(decoder, StreamOptions(language="en"), vad=LaggingVad([(1.0, 4.0)]))
     events = simulate(pipeline, ramp(6.0), 0.1, clock=clock)
-    finals, firsts = latencies(events, [{"start": 1.0, "end": 4.0, "text": "x"}], shift=0.0)
+    finals, firsts, _ = latencies(events, [{"start": 1.0, "end": 4.0, "text": "x"}], shift=0.0)
     # The pause is decoded 0.1 s in (taking ``cost``); the VAD confirms the end at 4.3 s,
     # and the final goes out then, or once that decode is done.
     assert finals[0] == pytest.approx(max(0.3, 0.1 + cost) + 0.1, abs=0.01)
     # The first decode runs after 0.3 s of speech and shows the first words.
     assert firsts[0] == pytest.approx(0.3 + cost, abs=0.01)
+
+
+def test_word_final_latency_is_each_words_wait_on_the_simulated_clock():
+    from backends.base import Final, Partial, Word
+
+    # On the simulated clock audio time t exists at t: a final returned at 2.5 s holding words
+    # that end at 1.2 and 2.0 s kept them waiting 1.3 and 0.5 s. A final without word times
+    # dates its words at its own end (3.4 s). Partials are not finals.
+    events = [
+        (1.5, Partial("hello", 1.0, 1.4)),
+        (2.5, Final("hello world", 1.0, 2.0, (Word("hello", 1.0, 1.2), Word(" world", 1.3, 2.0)))),
+        (3.9, Final("thank you", 3.0, 3.4)),
+    ]
+    # With --shifts the events' times are in the shifted audio already; only the references move.
+    utterances = [{"start": 0.6, "end": 1.7, "text": "hello world"}, {"start": 2.7, "end": 3.2, "text": "thank you"}]
+    finals, firsts, words = latencies(events, utterances, shift=0.37)
+    assert words == pytest.approx([1.3, 0.5, 0.5, 0.5])
+    assert finals == pytest.approx([2.5 - 2.07, 3.9 - 3.57])  # per phrase, from the shifted ends
+    assert firsts == pytest.approx([1.5 - 0.97, 3.9 - 3.07])
 
 
 def test_the_error_listing_names_each_word_the_wer_counts():
@@ -187,3 +206,4 @@ def test_utterances_without_a_final_are_counted_not_left_out_silently():
     row = run_one(DeafDecoder(), [path], {}, 0.1)
     assert row["no_final"] == row["no_partial"] == len(utterances)
     assert math.isnan(row["final_lat_med"])
+    assert math.isnan(row["word_final_med"]) and math.isnan(row["word_final_p90"])  # no word finalised
