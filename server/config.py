@@ -69,6 +69,7 @@ class Config:
         pipeline = replace(
             PipelineOptions(),
             step=args.step,
+            commit_margin=args.commit_margin,
             max_window=args.max_window,
             final_full_context=args.final_full_context,
             vad=VadOptions(threshold=args.vad_threshold, min_silence=args.min_silence),
@@ -236,6 +237,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     parser.add_argument_group("streaming pipeline")
     option("--step", "LIVESCRIBE_STEP", 1.0, "seconds of new speech between window decodes", type=float)
+    option(
+        "--commit-margin",
+        "LIVESCRIBE_COMMIT_MARGIN",
+        1.0,
+        "seconds of audio after a word before two agreeing decodes may make it final (with --step,"
+        " the lever of a word's wait: 0.5 and 0.5 cut it by a third for 1.5x the CPU, docs/PIPELINE.md)",
+        type=_seconds,
+    )
     option("--max-window", "LIVESCRIBE_MAX_WINDOW", 15.0, "longest decoded window (seconds)", type=float)
     option("--vad-threshold", "LIVESCRIBE_VAD_THRESHOLD", 0.5, "Silero speech probability threshold", type=float)
     option("--min-silence", "LIVESCRIBE_MIN_SILENCE", 0.3, "silence (seconds) that ends an utterance", type=float)

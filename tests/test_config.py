@@ -33,6 +33,8 @@ def test_environment_then_flags():
         "LIVESCRIBE_STEP": "0.75",
         "LIVESCRIBE_INFERENCE_NICE": "0",
         "LIVESCRIBE_IDLE_FINAL": "2.5",
+        "LIVESCRIBE_COMMIT_MARGIN": "0.5",
+        "LIVESCRIBE_RESUME_GRACE": "0",
     }
     config = Config.from_args([], env)
     assert config.port == 9001 and config.local.model == "base"
@@ -40,6 +42,7 @@ def test_environment_then_flags():
     assert config.cloud.failover is False and config.cloud.api_key == "secret"
     assert config.cloud.url == "wss://eu2.rt.speechmatics.com/v2"
     assert config.pipeline.step == 0.75 and config.local.nice == 0 and config.idle_final == 2.5
+    assert config.pipeline.commit_margin == 0.5 and config.resume_grace == 0.0
     flagged = Config.from_args(["--port", "9002", "--model", "small", "--failover", "true"], env)
     assert flagged.port == 9002 and flagged.local.model == "small" and flagged.cloud.failover is True
 
