@@ -238,7 +238,11 @@ def test_a_client_sending_long_chunks_is_not_taken_for_one_that_paused():
         manager.audio("a", half)
         time.sleep(0.5)
     assert pauses == []
-    time.sleep(1.5)  # more than the chunk's length and idle_final together
+    # Silence for more than the chunk's length and idle_final together (1 s): a pause. (Waited
+    # for, not slept: a loaded machine runs the worker's poll late.)
+    deadline = time.monotonic() + 5
+    while not pauses and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert pauses == [2 * SAMPLE_RATE]
     manager.stop("a")
     assert session.done.wait(5)
