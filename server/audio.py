@@ -54,6 +54,10 @@ class AudioFormat:
         return cls(sample_rate=int(sample_rate), encoding=str(encoding))
 
     @property
+    def bytes_per_sample(self) -> int:
+        return ENCODINGS[self.encoding].itemsize
+
+    @property
     def bytes_per_second(self) -> int:
         return self.sample_rate * ENCODINGS[self.encoding].itemsize
 

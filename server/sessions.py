@@ -72,8 +72,6 @@ POLL_INTERVAL = 0.1
 # client is away for the resume grace plus the time a dead connection takes to be noticed
 # (about a minute), far fewer finals than this.
 REPLAY_EVENTS = 1000
-# Errors to the owner kept while its connection is gone.
-MISSED_ERRORS = 100
 
 Emit = Callable[[str, dict, str], None]  # (event, payload, to: room or sid)
 RoomCall = Callable[[str, str], None]  # (sid, room): enter or leave a room
@@ -117,11 +115,11 @@ class Session:
     received: int = 0  # frames of the client's audio (at its own rate) accepted
     attached: bool = True  # False while the owner's connection is gone and a resume may come
     detachments: int = 0  # a grace timer stops its session only if no resume came since it began
-    # What a resuming client may have missed: the room's events with the segment id the next
-    # final would get (finals: their own), the errors to the owner while it was away, the
-    # last partial, and the ``stopped`` payload once the session is over.
+    # What a resuming client may have missed: the room's finals, language and failover events
+    # and the errors to the owner, numbered (``seq``, in their payloads too) so that a client
+    # says the last one it has; the last partial; the ``stopped`` payload once it is over.
+    seq: int = 0
     log: deque[tuple[int, str, dict]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
-    missed: deque[dict] = field(default_factory=lambda: deque(maxlen=MISSED_ERRORS))
     partial: dict | None = None
     stopped: dict | None = None
     dropped_at: float = 0.0  # when its connection last dropped
@@ -233,7 +231,7 @@ class SessionManager:
             )
         options = StreamOptions(language=request.language, task=request.task)
         backend.validate(options)
-        self._take_slot()
+        gives_way = self._take_slot()
         # Opening may block (a cloud handshake): do it on a native thread. Other starts run
         # meanwhile, so the slot is taken before, and the connection may close before it opens.
         self._opening[sid] = True
@@ -249,6 +247,8 @@ class SessionManager:
             except Exception:
                 logger.debug("closing a stream opened for a closed connection raised", exc_info=True)
             raise InvalidRequest("the connection closed while the session was starting", code="not_started")
+        if gives_way is not None:  # only now: a start that fails must not cost it its session
+            self._give_way(gives_way)
         session = Session(
             id=session_id,
             owner=sid,
@@ -284,6 +284,16 @@ class SessionManager:
     def audio(self, sid: str, payload: object) -> None:
         """Accept one ``audio`` payload or raise; accepted audio is always transcribed or reported."""
         session = self._running(sid)
+        try:
+            self._accept(session, payload)
+        except TranscriptionError:
+            # A refused payload was dealt with (its error says so): a resuming client counts
+            # it among the frames it sent, and must not send the ones after it again.
+            if isinstance(payload, (bytes, bytearray, memoryview)):
+                session.received += len(payload) // session.audio_format.bytes_per_sample
+            raise
+
+    def _accept(self, session: Session, payload: object) -> None:
         size = len(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else 0
         if size > self.config.max_payload_bytes:
             raise InvalidRequest(
@@ -303,8 +313,8 @@ class SessionManager:
         with session.accepting:
             if session.state != "running":  # a failure ended the session meanwhile
                 raise _not_started()
-            # Counted even when the resampler keeps it all for now: a resuming client sends
-            # again only what this does not count.
+            # Counted even when the resampler keeps it all for now (it comes out with the next
+            # chunk): a resuming client sends again only what this does not count.
             session.received += len(pcm)
             if not samples.size:
                 return
@@ -376,9 +386,7 @@ class SessionManager:
             session.owner, session.attached = sid, True
             session.detachments += 1  # a grace timer running now no longer stops it
             ended = session.state == "stopped"
-            if ended:
-                self._ended.pop(session.id, None)
-            else:
+            if not ended:  # (an ended one stays resumable: this replay may be lost too)
                 self._by_owner[sid] = session
                 if self.join_room is not None:
                     self.join_room(sid, session.room)
@@ -393,17 +401,14 @@ class SessionManager:
                 },
                 sid,
             )
-            for position, event, payload in list(session.log):
-                if position > request.after:
+            for seq, event, payload in list(session.log):
+                if seq > request.after:
                     self.emit(event, payload, sid)
             if session.partial is not None and not ended:
                 self.emit("partial", session.partial, sid)
-            for payload in session.missed:
-                self.emit("error", payload, sid)
-            session.missed.clear()
             if ended and session.stopped is not None:
                 self.emit("stopped", session.stopped, sid)
-        logger.info("session %s resumed after segment %d (%s)", session.id, request.after, session.state)
+        logger.info("session %s resumed after event %d (%s)", session.id, request.after, session.state)
         self._notify("resumed", session, None)
         return session
 
@@ -426,25 +431,32 @@ class SessionManager:
             raise BackendUnavailable(f"backend '{name}' is not configured on this server")
         return backend
 
-    def _take_slot(self) -> None:
-        """Make sure a new session may start, or raise ``server_busy``. A session waiting for
-        its client to resume gives its slot up first: a client that is here goes before one
-        that may never come back (after a reload, the same user would otherwise be refused for
-        the whole grace). It is stopped as if its grace had run out, so a resume still gets
-        its finals and its end."""
-        # A session finishing without its client (stopped, or stopping) is on its way out.
-        held = [s for s in self.active() if s.attached or s.state == "running"]
-        if len(held) + len(self._opening) < self.config.max_sessions:
-            return
-        waiting = [s for s in held if not s.attached]
+    def _take_slot(self) -> Session | None:
+        """Whether a new session may start: None, or the session that must give way to it
+        first; raises ``server_busy``. A session waiting for its client to resume gives its
+        slot up: a client that is here goes before one that may never come back (after a
+        reload, the same user would otherwise be refused for the whole grace)."""
+        if len(self.active()) + len(self._opening) < self.config.max_sessions:
+            return None
+        waiting = [s for s in self.active() if not s.attached and s.state == "running"]
         if not waiting:
             raise TranscriptionError(
                 f"the server is running its maximum of {self.config.max_sessions} sessions; try again later",
                 code="server_busy",
             )
-        oldest = min(waiting, key=lambda s: s.dropped_at)
-        logger.info("session %s: its slot goes to a new session while it waits for its client", oldest.id)
-        self._stop(oldest)
+        return min(waiting, key=lambda s: s.dropped_at)
+
+    def _give_way(self, session: Session, timeout: float = 10.0) -> None:
+        """Stop a session waiting for its client, as if its grace had run out (a resume still
+        gets its finals and end), and wait for it to finish: it decodes what it holds, and
+        ``--max-sessions`` bounds the sessions decoding at once."""
+        if session.attached or session.state != "running":  # resumed, or ended, meanwhile
+            return
+        logger.info("session %s: its slot goes to a new session while it waits for its client", session.id)
+        self._stop(session)
+        deadline = time.monotonic() + timeout
+        while not session.done.is_set() and time.monotonic() < deadline:
+            self.runtime.sleep(0.02)
 
     def _expire(self, session: Session, detachment: int) -> None:
         """Stop a session whose client did not come back within the resume grace."""
@@ -452,6 +464,10 @@ class SessionManager:
         if session.detachments == detachment and not session.attached and session.state == "running":
             logger.info("session %s: not resumed within %.0f s; finishing", session.id, self.config.resume_grace)
             self._stop(session)
+
+    def _forget_later(self) -> None:
+        self.runtime.sleep(self.config.resume_grace + 0.1)
+        self._forget_ended()
 
     def _forget_ended(self) -> None:
         now = time.monotonic()
@@ -748,17 +764,23 @@ class SessionManager:
             if event == "partial":
                 session.partial = payload
             elif event != "stopped":
-                session.log.append((session.next_segment, event, payload))
+                self._log(session, event, payload)
             self.emit(event, payload, session.room)
 
     def _error(self, session: Session, error: TranscriptionError) -> None:
         self._notify("error", session, error)
         payload = {**error.to_payload(), "session_id": session.id}
         with session.emitting:
+            # Kept even when sent: a connection not yet noticed dead loses it silently.
+            self._log(session, "error", payload)
             if session.attached:
                 self.emit("error", payload, session.owner)
-            else:  # the owner's connection is gone: a resume delivers it
-                session.missed.append(payload)
+
+    @staticmethod
+    def _log(session: Session, event: str, payload: dict) -> None:
+        session.seq += 1
+        payload["seq"] = session.seq
+        session.log.append((session.seq, event, payload))
 
     def _close(self, session: Session) -> None:
         try:
@@ -781,10 +803,14 @@ class SessionManager:
             # The owner joined the room with its start: it leaves with its session, or it
             # would hear the next session someone starts there as if it were its own.
             self._call_quietly(self.leave_room, session.owner, session.room)
-        if not session.attached and self.config.resume_grace > 0:
+        if self.config.resume_grace > 0:
+            # Its client may be away without the server knowing yet (a dead network is noticed
+            # a ping timeout late): its end stays resumable, without its audio.
             session.ended_at = time.monotonic()
+            session.retained = []
             self._forget_ended()
             self._ended[session.id] = session
+            self.runtime.spawn(self._forget_later)
         self._sessions.pop(session.id, None)
         if self._by_owner.get(session.owner) is session:
             self._by_owner.pop(session.owner, None)
