@@ -98,6 +98,7 @@ let mic = null;
 let runState = "idle"; // idle | starting | running | stopping
 let session = null; // `ready` payload of our running session
 let sentSeconds = 0; // audio sent in our running session (its duration if it is lost)
+let closingByServer = false; // resumed after our session had ended: its `stopped` is due
 let endedByServer = null; // session_id of ours ended by a fatal error: its `stopped` is still due
 const ignoredSessions = new Set(); // sessions the page gave up on (a `ready` after the timeout)
 // Muted: the microphone stays open but nothing is sent; the server finalises the words said
@@ -499,6 +500,7 @@ async function startSession() {
   pendingChunks = [];
   latency.reset();
   dismissAlerts("session");
+  dismissAlerts("resumed");
   el.statusLatency.textContent = "—";
   el.sessionState.textContent = "Opening the microphone…";
   updateControls();
@@ -579,6 +581,7 @@ async function stopSession() {
 }
 
 function onOwnStopped(stopped) {
+  dismissAlerts("resumed");
   endShownSession(stopped.session_id, Number(stopped.duration));
   el.sessionState.textContent = `Session ended after ${formatClock(Number(stopped.duration) || 0)} of audio.`;
   announce("Recording stopped");
@@ -593,6 +596,8 @@ function endShownSession(sessionId, duration) {
 
 /** Drop a capture that never became (or no longer is) a server session. */
 async function abandonCapture() {
+  dismissAlerts("resumed");
+  closingByServer = false;
   const m = mic;
   mic = null;
   pendingChunks = [];
@@ -645,6 +650,11 @@ async function joinWatchedRoom() {
   const joined = await client.join(watchRoom);
   const sessions = Array.isArray(joined.sessions) ? joined.sessions : [];
   watchLive = false;
+  // A session that ended while the connection was down sent its `stopped` to nobody here:
+  // its words-in-progress must not stay on screen.
+  const shown = transcript.partial;
+  const live = sessions.map((s) => (typeof s === "string" ? s : s && s.session_id));
+  if (shown && !live.includes(shown.sessionId)) endShownSession(shown.sessionId, NaN);
   if (sessions.length) markWatchLive();
   else el.watchState.textContent = "Waiting for a session in this room to start…";
   describeWatchSessions(sessions);
@@ -783,8 +793,10 @@ function wireClient() {
     }
   });
   client.on("stopped", (p) => {
-    if (mode === "own" && runState === "running" && session && p && p.session_id === session.session_id) {
+    const ownRunning = runState === "running" || closingByServer;
+    if (mode === "own" && ownRunning && session && p && p.session_id === session.session_id) {
       // Ended by the server, not by us: not resumed in time after a dropped connection.
+      closingByServer = false;
       onOwnStopped(p);
       abandonCapture();
       return;
@@ -813,10 +825,23 @@ function wireClient() {
   });
   client.on("resumed", (p) => {
     if (mode !== "own" || !session || !p || p.session_id !== session.session_id) return;
-    showAlert("Reconnected: the session goes on, and what you said meanwhile is being transcribed.", {
-      kind: "info",
-      key: "connection",
-    });
+    if (p.state === "running") {
+      showAlert("Reconnected: the session goes on, and what you said meanwhile is being transcribed.", {
+        kind: "info",
+        key: "resumed",
+      });
+    } else if (runState === "running") {
+      // It ended while we were away (not resumed in time): its last captions and `stopped`
+      // follow; the microphone has nothing to send to.
+      closingByServer = true;
+      runState = "stopping";
+      el.sessionState.textContent = "Reconnected after the session ended; showing its last captions…";
+      const m = mic;
+      mic = null;
+      if (m) m.stop().catch(() => {});
+      stopTimer();
+      updateControls();
+    }
   });
   client.on("session_lost", () => {
     if (mode !== "own") return;
@@ -827,6 +852,8 @@ function wireClient() {
     el.sessionState.textContent = "Session lost with the connection.";
     if (session) endShownSession(session.session_id, sentSeconds);
     abandonCapture();
+    // The reconnecting notice no longer promises that the session goes on.
+    if (client.connection === "reconnecting") renderConnection("reconnecting");
   });
 }
 
@@ -877,6 +904,11 @@ function init() {
   }
   client = new LivescribeClient({ io: window.io });
   wireClient();
+  // Closing or leaving the page is a goodbye, not a dropped network: say so, and the server
+  // ends the session at once instead of keeping it for a resume that cannot come.
+  window.addEventListener("pagehide", (e) => {
+    if (!e.persisted && client.session) client.close();
+  });
   if (mode === "own") wireTestHook();
   renderConnection(client.connection);
   setInterval(measureRtt, 5000);

@@ -85,7 +85,8 @@ def live_server(log_path: Path, *extra_args: str, timeout: float = 120.0) -> Ite
 
 class CuttableProxy:
     """A loopback TCP forwarder to ``target_port`` whose open connections the test can cut at
-    once, as a failing network does (neither end says goodbye); new connections go through."""
+    once, as a failing network does (neither end says goodbye); new connections go through
+    unless ``paused``."""
 
     def __init__(self, target_port: int) -> None:
         self._target = target_port
@@ -110,13 +111,22 @@ class CuttableProxy:
         self._listener.close()
         self.cut()
 
+    paused = False  # True: new connections are refused too (the network is down)
+
     def _accept(self) -> None:
         while True:
             try:
                 client, _ = self._listener.accept()
-                upstream = socket.create_connection(("127.0.0.1", self._target))
             except OSError:
                 return
+            if self.paused:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target))
+            except OSError:
+                client.close()
+                continue
             with self._lock:
                 self._open += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):

@@ -582,7 +582,8 @@ def sent_frames(page) -> int:
 def test_a_dropped_connection_keeps_the_session_and_sends_what_the_server_missed(fake_page):
     page = fake_page()
     start_resumable_session(page)
-    fire(page, "final", {"session_id": "s1", "segment_id": 0, "text": "Hello there.", "start": 0.0, "end": 1.0})
+    hello = {"session_id": "s1", "segment_id": 0, "text": "Hello there.", "start": 0.0, "end": 1.0, "seq": 1}
+    fire(page, "final", hello)
     fire(page, "disconnect", "transport close")
     before = sent_frames(page)
     assert "The session goes on" in page.inner_text(".alert[data-key=connection]")
@@ -591,7 +592,8 @@ def test_a_dropped_connection_keeps_the_session_and_sends_what_the_server_missed
     assert page.evaluate("window.livescribe.state") == "running"
 
     fire(page, "connect")
-    assert emitted(page, "resume") == [["resume", {"session_id": "s1", "token": "tok", "after": 0}]]
+    # The last event it has (`seq`), whose successors the server replays.
+    assert emitted(page, "resume") == [["resume", {"session_id": "s1", "token": "tok", "after": 1}]]
     # The last 1.5 chunks sent before the drop never arrived (a dead socket takes a ping
     # timeout to notice): the server says how much it got, the page sends the rest.
     received = before - 2400
@@ -606,7 +608,7 @@ def test_a_dropped_connection_keeps_the_session_and_sends_what_the_server_missed
     )
     assert out["sizes"][:2] == [1600, 3200]  # from the middle of the chunk it stopped in
     assert sum(out["sizes"]) == round(out["sent"] * 16000) * 2 - received * 2
-    assert "Reconnected" in page.inner_text(".alert[data-key=connection]")
+    assert "Reconnected" in page.inner_text(".alert[data-key=resumed]")
     fire(page, "final", {"session_id": "s1", "segment_id": 1, "text": "Said while away.", "start": 1.0, "end": 2.0})
     assert finals_text(page_finals(page)) == "Hello there. Said while away."
     page.click("#stop-btn")
@@ -1014,3 +1016,324 @@ def test_a_short_caption_line_stays_up_as_a_cue_until_the_next_line(module_page)
         }"""
     )
     assert [t for cue in times for t in cue] == pytest.approx([1.0, 1.3, 1.3, 2.5, 5.0, 5.8])
+
+
+# --- resuming after a dropped connection: cases a review found -----------------------------
+
+RESUMED = {**READY, "language": "en", "task": "transcribe", "resume_token": "tok"}
+
+
+def test_a_resume_into_an_ended_session_does_not_say_it_goes_on(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    fire(page, "disconnect", "transport close")
+    before = sent_frames(page)
+    fire(page, "connect")
+    fire(page, "resumed", {**RESUMED, "state": "stopped", "received": before, "next_segment_id": 0})
+    fire(page, "stopped", {"session_id": "s1", "duration": before / 16000, "transcript": "", "analysis": {}})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    alerts = page.inner_text("#alerts")
+    print("ALERTS:", alerts)
+    assert "the session goes on" not in alerts.lower(), alerts
+
+
+def test_giving_a_session_up_takes_back_the_promise_that_it_goes_on(launch, static_url):
+    browser = launch()
+    page = browser.new_page()
+    page.clock.install()
+    page.route(
+        "**/static/vendor/socket.io.min.js",
+        lambda route: route.fulfill(body=FAKE_SOCKET_IO_JS, content_type="text/javascript"),
+    )
+    page.goto(f"{static_url}/static/index.html")
+    page.wait_for_function("window.__fake && window.__fake.fire && window.livescribe")
+    fire(page, "connect")
+    fire(page, "server_info", {**server_info(LOCAL_TINY_EN, CLOUD_ON), "resume_grace": 30})
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    fire(page, "ready", RESUMED)
+    page.wait_for_function("window.livescribe.state === 'running'")
+    fire(page, "disconnect", "transport close")
+    assert "The session goes on" in page.inner_text(".alert[data-key=connection]")
+    page.clock.run_for(71_000)  # 2 * grace + 10 s: the client gives the session up
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    assert page.evaluate("window.livescribe.connection") == "reconnecting"
+    alerts = page.inner_text("#alerts")
+    print("ALERTS:", alerts)
+    assert "the server ended the session" in alerts
+    assert "The session goes on" not in alerts, alerts
+
+
+def test_a_resume_into_a_stopping_session_sends_no_more_audio(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    fire(page, "disconnect", "transport close")
+    before = sent_frames(page)
+    fire(page, "connect")
+    mark = len(emitted(page))
+    # The grace ran out a moment ago: the server is finishing the session (state stopping,
+    # its `stopped` follows once the last finals are out). It takes no audio: `audio` from
+    # this connection is answered `not_started` (server/sessions.py _running).
+    fire(page, "resumed", {**RESUMED, "state": "stopping", "received": before, "next_segment_id": 0})
+    page.wait_for_timeout(800)
+    after = [e for e in emitted(page)[mark:] if e[0] == "audio"]
+    print("state:", page.evaluate("window.livescribe.state"), "audio emitted after resumed{stopping}:", len(after))
+    print("ALERTS:", page.inner_text("#alerts"))
+    assert after == [], f"{len(after)} audio chunks sent into a stopping session"
+
+
+def test_the_watch_view_clears_the_partial_of_a_session_that_ended_while_away(fake_page):
+    page = fake_page("?room=abc123")
+    fire(page, "connect")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'join')")
+    fire(page, "joined", {"room": "abc123", "sessions": [{"session_id": "s9", "backend": "local", "language": "en"}]})
+    fire(page, "final", {"session_id": "s9", "segment_id": 0, "text": "Hello there.", "start": 0.0, "end": 1.0})
+    fire(page, "partial", {"session_id": "s9", "text": "please enter the", "start": 1.2, "end": 2.0})
+    fire(page, "disconnect", "transport close")
+    # Away: the speaker stops; the session's `stopped` goes to the room, not to this page.
+    fire(page, "connect")
+    page.wait_for_function("window.__fake.emitted.filter(e => e[0] === 'join').length === 2")
+    fire(page, "joined", {"room": "abc123", "sessions": []})
+    page.wait_for_function("document.getElementById('watch-state').textContent.startsWith('Waiting')")
+    print("watch-state:", page.inner_text("#watch-state"), "| partial visible:", page.is_visible("#partial"))
+    assert not page.is_visible("#partial"), "the ended session's words-in-progress stay on screen"
+
+
+@pytest.mark.timeout(240)
+def test_audio_buffered_by_socketio_does_not_reach_the_new_connection_before_resume(launch, server_url, tmp_path, en00):
+    # A laptop that sleeps: on waking, the wall clock (Date.now) has jumped while the
+    # monotonic timers (setTimeout) have not run. Engine.IO's emit path sees the ping
+    # deadline passed (Date.now() > _pingTimeoutTime), buffers the packet in the Socket.IO
+    # sendBuffer and closes the transport ("ping timeout"). On reconnect socket.io-client
+    # flushes that buffer before the `connect` handlers run, i.e. before `resume`.
+    wav = padded_wav(en00.clip(12.0).pcm, TRAILING_SILENCE, tmp_path / "capture.wav")
+    page = launch(fake_audio=wav).new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.goto(server_url + "/")
+    page.wait_for_selector("#start-btn:not([disabled])", timeout=20000)
+    page.click("#start-btn")
+    page.wait_for_function("window.livescribe.state === 'running'", timeout=30000)
+    page.wait_for_function("window.livescribe.audioSecondsSent >= 3", timeout=60000, polling=50)
+    # The machine slept 25 s: wall time jumps, monotonic timers do not.
+    page.evaluate("() => { const real = Date.now.bind(Date); Date.now = () => real() + 25000; }")
+    page.wait_for_function("window.livescribe.connection !== 'connected'", timeout=10000, polling=10)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.alert')].some(a => a.textContent.includes('Reconnected'))",
+        timeout=30000,
+    )
+    page.wait_for_timeout(1000)
+    alerts = page.inner_text("#alerts")
+    print("ALERTS:", alerts)
+    page.click("#stop-btn")
+    page.wait_for_function("window.livescribe.state === 'idle'", timeout=60000)
+    assert page.locator(".alert[data-kind=error]").count() == 0, alerts
+
+
+# Records every `error` the page's socket receives (the page keeps at most 5 alerts).
+ERROR_RECORDER_JS = """
+window.__errors = [];
+window.__resumed = [];
+(() => {
+  let wrapped;
+  Object.defineProperty(window, 'io', {
+    configurable: true,
+    get() { return wrapped; },
+    set(real) {
+      wrapped = (...args) => {
+        const socket = real(...args);
+        socket.on('error', (p) => window.__errors.push(p));
+        socket.on('resumed', (p) => window.__resumed.push(p));
+        return socket;
+      };
+    },
+  });
+})();
+"""
+
+
+@pytest.mark.timeout(300)
+def test_refused_audio_does_not_make_a_second_resume_send_audio_twice(launch, tmp_path, en00):
+    wav = padded_wav(en00.clip(30.0).pcm, TRAILING_SILENCE, tmp_path / "capture.wav")
+    with live_server(tmp_path / "server.log", "--max-backlog", "2") as url:
+        proxy = CuttableProxy(int(url.rsplit(":", 1)[1]))
+        browser = launch(fake_audio=wav)
+        context = browser.new_context()
+        context.add_init_script(ERROR_RECORDER_JS)
+        page = context.new_page()
+        try:
+            page.goto(proxy.url + "/")
+            page.wait_for_selector("#start-btn:not([disabled])", timeout=20000)
+            page.click("#start-btn")
+            page.wait_for_function("window.livescribe.state === 'running'", timeout=30000)
+            page.wait_for_function("window.livescribe.audioSecondsSent >= 3", timeout=60000, polling=50)
+            # The network is down for 6 s: 6 s of audio is kept and sent again in one burst,
+            # more than --max-backlog 2 takes: some of it is refused (`overloaded`).
+            proxy.paused = True
+            assert proxy.cut() >= 1
+            page.wait_for_function("window.livescribe.connection !== 'connected'", timeout=10000, polling=20)
+            page.wait_for_timeout(6000)
+            proxy.paused = False
+            page.wait_for_function("window.__resumed.length === 1", timeout=30000)
+            page.wait_for_function("window.__errors.some(e => e.code === 'overloaded')", timeout=10000)
+            # Let the backlog drain (no refusal for 3 s).
+            page.wait_for_function(
+                """() => { const n = window.__errors.length;
+                    if (window.__n !== n) { window.__n = n; window.__since = performance.now(); return false; }
+                    return performance.now() - window.__since > 3000; }""",
+                timeout=60000,
+                polling=200,
+            )
+            refused_before = page.evaluate("window.__errors.filter(e => e.code === 'overloaded').length")
+            # A second short drop.
+            assert proxy.cut() >= 1
+            page.wait_for_function("window.__resumed.length === 2", timeout=30000)
+            print("resumed:", page.evaluate("window.__resumed.map(r => [r.state, r.received])"))
+            page.wait_for_timeout(2000)
+            page.click("#stop-btn")
+            page.wait_for_function("window.livescribe.state === 'idle'", timeout=60000)
+        finally:
+            proxy.close()
+    errors = page.evaluate("window.__errors")
+    refused = [e for e in errors if e.get("code") == "overloaded"]
+    print("errors:", [e.get("code") for e in errors])
+    sent = page.evaluate("window.livescribe.audioSecondsSent")
+    duration = page.evaluate("window.livescribe.transcript.offsetFor('next')")
+    expected = sent - 0.1 * len(refused)  # every page chunk is 100 ms
+    print(
+        f"sent {sent:.2f} s, refused {len(refused)} chunks ({refused_before} before the 2nd drop) -> "
+        f"expected {expected:.2f} s in the session, the session took {duration:.2f} s"
+    )
+    print("finals:", finals_text(page_finals(page)))
+    assert duration == pytest.approx(expected, abs=0.05), "audio the server already had was sent again"
+
+
+def test_the_reconnected_alert_goes_with_its_session(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    fire(page, "disconnect", "transport close")
+    before = sent_frames(page)
+    fire(page, "connect")
+    fire(page, "resumed", {**RESUMED, "state": "running", "received": before, "next_segment_id": 0})
+    page.click("#stop-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")
+    fire(page, "stopped", {"session_id": "s1", "duration": 3.0, "transcript": "", "analysis": {}})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.filter(e => e[0] === 'start').length === 2")
+    fire(page, "ready", {**RESUMED, "session_id": "s2", "room": "s2"})
+    page.wait_for_function("window.livescribe.state === 'running'")
+    alerts = page.inner_text("#alerts")
+    print("ALERTS during the next session:", alerts)
+    assert "Reconnected" not in alerts, alerts
+
+
+# --- review: scenarios checked and found fine ------------------------------------------------
+
+
+def test_resume_stop_lost_in_the_drop_is_sent_again_after_the_audio(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    page.click("#stop-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")
+    fire(page, "disconnect", "transport close")  # the stop went into the dead connection
+    before = sent_frames(page)
+    fire(page, "connect")
+    mark = len(emitted(page))
+    fire(page, "resumed", {**RESUMED, "state": "running", "received": before - 3200, "next_segment_id": 0})
+    out = emitted(page)[mark:]
+    assert [e[0] for e in out][-1] == "stop" and [e[0] for e in out].count("stop") == 1
+    assert sum(e[1]["bytes"] for e in out if e[0] == "audio") == 6400
+    fire(page, "stopped", {"session_id": "s1", "duration": before / 16000, "transcript": "", "analysis": {}})
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    assert not page.page_errors
+
+
+def test_resume_two_drops_before_resumed(fake_page):
+    page = fake_page()
+    start_resumable_session(page)
+    fire(page, "final", {"session_id": "s1", "segment_id": 0, "text": "Hello.", "start": 0.0, "end": 1.0, "seq": 4})
+    fire(page, "disconnect", "transport close")
+    before = sent_frames(page)
+    fire(page, "connect")
+    fire(page, "disconnect", "ping timeout")
+    page.wait_for_timeout(300)
+    page.click("#mute-btn")  # muted while away: nothing kept meanwhile
+    page.wait_for_timeout(300)
+    page.click("#mute-btn")
+    page.wait_for_timeout(300)
+    fire(page, "connect")
+    resumes = emitted(page, "resume")
+    assert [r[1]["after"] for r in resumes] == [4, 4]
+    recorded = round(page.evaluate("window.livescribe.audioSecondsSent") * 16000)
+    out = page.evaluate(
+        """([payload, mark]) => {
+            window.__fake.fire('resumed', payload);
+            return window.__fake.emitted.slice(mark).filter(e => e[0] === 'audio').map(e => e[1].bytes);
+        }""",
+        [{**RESUMED, "state": "running", "received": before, "next_segment_id": 1}, len(emitted(page))],
+    )
+    assert sum(out) // 2 == recorded - before
+    assert page.evaluate("window.livescribe.state") == "running"
+    assert not page.page_errors
+
+
+def test_resume_give_up_timer_cleared_by_resume(launch, static_url):
+    browser = launch()
+    page = browser.new_page()
+    page.clock.install()
+    page.route(
+        "**/static/vendor/socket.io.min.js",
+        lambda route: route.fulfill(body=FAKE_SOCKET_IO_JS, content_type="text/javascript"),
+    )
+    page.goto(f"{static_url}/static/index.html")
+    page.wait_for_function("window.__fake && window.__fake.fire && window.livescribe")
+    fire(page, "connect")
+    fire(page, "server_info", {**server_info(LOCAL_TINY_EN, CLOUD_ON), "resume_grace": 30})
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    fire(page, "ready", RESUMED)
+    page.wait_for_function("window.livescribe.state === 'running'")
+    fire(page, "disconnect", "transport close")
+    page.clock.run_for(5_000)
+    fire(page, "connect")
+    fire(page, "resumed", {**RESUMED, "state": "running", "received": 0, "next_segment_id": 0})
+    page.clock.run_for(120_000)
+    assert page.evaluate("window.livescribe.state") == "running"
+    assert "ended the session" not in page.inner_text("#alerts")
+
+
+def test_resume_f32_and_48k_slicing(module_page):
+    out = module_page.evaluate("""async () => {
+      const { LivescribeClient } = await import('/static/lib/client.js');
+      const handlers = {}; const sent = [];
+      const socket = { connected: true, io: { on() {} }, on(e, f) { (handlers[e] ||= []).push(f); },
+        emit(e, p) { sent.push([e, p]); } };
+      const fire = (e, p) => (handlers[e] || []).forEach((f) => f(p));
+      const c = new LivescribeClient({ io: () => socket });
+      fire('connect'); fire('server_info', { resume_grace: 30 });
+      c.start({ sample_rate: 48000, encoding: 'pcm_f32le' });
+      fire('ready', { session_id: 'x', resume_token: 't', sample_rate: 48000, encoding: 'pcm_f32le' });
+      for (let k = 0; k < 5; k++) c.sendAudio(new Float32Array(4800).fill(k));
+      fire('disconnect', 'transport close');
+      for (let k = 5; k < 8; k++) c.sendAudio(new Float32Array(4800).fill(k));
+      fire('connect');
+      const mark = sent.length;
+      fire('resumed', { session_id: 'x', state: 'running', received: 4800 * 3 + 1200 });
+      return sent.slice(mark).filter((e) => e[0] === 'audio').map((e) => [e[1].byteLength, new Float32Array(e[1])[0]]);
+    }""")
+    assert out == [[3600 * 4, 3], [4800 * 4, 4], [4800 * 4, 5], [4800 * 4, 6], [4800 * 4, 7]]
+
+
+def test_resume_drop_while_starting(fake_page):
+    page = fake_page()
+    fire(page, "connect")
+    fire(page, "server_info", {**server_info(LOCAL_TINY_EN, CLOUD_ON), "resume_grace": 30})
+    page.click("#start-btn")
+    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
+    fire(page, "disconnect", "transport close")
+    page.wait_for_function("window.livescribe.state === 'idle'")
+    fire(page, "connect")
+    assert emitted(page, "resume") == [] and emitted(page, "audio") == []
+    assert page.is_enabled("#start-btn")
+    assert not page.page_errors

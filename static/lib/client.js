@@ -67,7 +67,8 @@ export class LivescribeClient {
     this._away = false; // the connection dropped while a session ran: resume it on reconnect
     this._sent = 0; // frames of this session's audio given to sendAudio
     this._kept = []; // [{at, frames, pcm}]: the last KEEP_SECONDS of them, to send again
-    this._lastSegment = -1; // the last final of this session received
+    this._lastSeq = -1; // the `seq` of the last event of this session received
+    this._closing = false; // resumed into a session that takes no more audio
     const options = { reconnection: true, reconnectionDelay: 500, reconnectionDelayMax: 5000, ...socketOptions };
     this.socket = url ? io(url, options) : io(options);
     this._wire();
@@ -101,7 +102,7 @@ export class LivescribeClient {
       this._setConnection("connected");
       if (this._away && this.session) {
         const { session_id, resume_token } = this.session;
-        socket.emit("resume", { session_id, token: resume_token, after: this._lastSegment });
+        socket.emit("resume", { session_id, token: resume_token, after: this._lastSeq });
       }
     });
     socket.on("disconnect", (reason) => {
@@ -112,6 +113,12 @@ export class LivescribeClient {
       const gone = new ServerError({ code: "disconnected", message: "The connection to the server was lost.", fatal: true });
       if (resumable) {
         this._away = true;
+        // Emitted into a connection whose death socket.io noticed on that very emit, audio and
+        // stop wait in its buffer and would reach the next connection before `resume` (as
+        // `not_started`); both go again after `resumed`, from what the server says it has.
+        if (Array.isArray(socket.sendBuffer)) {
+          socket.sendBuffer = socket.sendBuffer.filter((p) => !(p && Array.isArray(p.data) && (p.data[0] === "audio" || p.data[0] === "stop")));
+        }
         this._settle("reject", gone, "start"); // a stop waits for the resumed session's end
         // The server stops the session `grace` after it notices the drop and keeps its end as
         // long again: past that, nothing is left to resume.
@@ -151,11 +158,12 @@ export class LivescribeClient {
       clearTimeout(this._giveUp);
       this._away = false;
       this.session = { ...this.session, ...payload };
+      this._closing = payload.state !== "running"; // it takes no more audio
       this._sendKeptFrom(payload.received, payload.state === "running");
       // A stop sent into the dead connection never arrived.
       if (payload.state === "running" && this._pending && this._pending.kind === "stop") this.socket.emit("stop");
     }
-    if (event === "final" && ours) this._lastSegment = Math.max(this._lastSegment, payload.segment_id);
+    if (ours && Number.isFinite(payload.seq)) this._lastSeq = Math.max(this._lastSeq, payload.seq);
     if (event === "stopped" && ours) {
       this._endSession();
       this._settle("resolve", payload, "stop");
@@ -178,7 +186,8 @@ export class LivescribeClient {
     this._away = false;
     this._sent = 0;
     this._kept = [];
-    this._lastSegment = -1;
+    this._lastSeq = -1;
+    this._closing = false;
   }
 
   /** After a resume: send again the audio from frame `received` on (what never arrived),
@@ -206,6 +215,9 @@ export class LivescribeClient {
 
   _onServerError(payload) {
     const err = new ServerError(payload);
+    if (this.session && payload && payload.session_id === this.session.session_id && Number.isFinite(payload.seq)) {
+      this._lastSeq = Math.max(this._lastSeq, payload.seq);
+    }
     if (this._away && err.code === "not_resumable") {
       this._lose(err); // gone for longer than the server waited
       return;
@@ -251,6 +263,7 @@ export class LivescribeClient {
   /** Send one chunk of PCM (ArrayBuffer / typed array) in the announced encoding and rate.
    * While the connection is down it is kept, and sent once the session is resumed. */
   sendAudio(pcm) {
+    if (this._closing) return; // its `stopped` is on the way
     const session = this.session;
     if (session) {
       const buffer = pcm instanceof ArrayBuffer ? pcm : pcm.buffer.slice(pcm.byteOffset, pcm.byteOffset + pcm.byteLength);
