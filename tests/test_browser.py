@@ -1337,3 +1337,13 @@ def test_resume_drop_while_starting(fake_page):
     assert emitted(page, "resume") == [] and emitted(page, "audio") == []
     assert page.is_enabled("#start-btn")
     assert not page.page_errors
+
+
+def test_leaving_the_page_says_goodbye_so_the_server_ends_the_session_at_once(fake_page):
+    # A closed tab only drops its transport, which the server would take for a network
+    # failure and keep the session 30 s for a resume that cannot come.
+    page = fake_page()
+    start_resumable_session(page)
+    page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide', {persisted: false}))")
+    assert page.evaluate("window.livescribe.connection") == "disconnected"
+    assert emitted(page, "resume") == []
