@@ -181,7 +181,8 @@ def test_cloud_session_with_auto_language_says_english(serve, clip: Fixture):
     client.stream(clip.clip(6.0).pcm, speed=20.0)
     client.client.emit("stop")
     stopped = client.wait_for("stopped", timeout=30)[0]
-    assert client.named("language") == [{"session_id": ready["session_id"], "language": "en", "probability": 0.0}]
+    (language,) = client.named("language")
+    assert language == {"session_id": ready["session_id"], "language": "en", "probability": 0.0, "seq": language["seq"]}
     assert wer(clip.clip(6.0).text, stopped["transcript"]) == 0.0
     fake.wait_for_sessions(1)
     assert fake.sessions[0].start_message["transcription_config"]["language"] == "en"
