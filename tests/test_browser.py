@@ -566,17 +566,30 @@ def test_a_session_ended_by_an_error_leaves_no_partial_and_the_next_starts_after
     assert not page.page_errors
 
 
-def start_resumable_session(page) -> None:
+def start_resumable_session(page, audio_chunks: int = 5) -> None:
+    """Start a session the server would keep after a drop; wait for its first audio chunks
+    (0: until it runs, for pages on Playwright's clock)."""
     fire(page, "connect")
     fire(page, "server_info", {**server_info(LOCAL_TINY_EN, CLOUD_ON), "resume_grace": 30})
     page.click("#start-btn")
     page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
     fire(page, "ready", {**READY, "language": "en", "task": "transcribe", "resume_token": "tok"})
-    page.wait_for_function("window.__fake.emitted.filter(e => e[0] === 'audio').length >= 5")
+    if audio_chunks:
+        page.wait_for_function(f"window.__fake.emitted.filter(e => e[0] === 'audio').length >= {audio_chunks}")
+    else:
+        page.wait_for_function("window.livescribe.state === 'running'")
 
 
 def sent_frames(page) -> int:
     return sum(e[1]["bytes"] for e in emitted(page, "audio")) // 2
+
+
+def drop_and_come_back(page) -> int:
+    """The connection drops and comes back; returns the frames sent before the drop."""
+    fire(page, "disconnect", "transport close")
+    before = sent_frames(page)
+    fire(page, "connect")
+    return before
 
 
 def test_a_dropped_connection_keeps_the_session_and_sends_what_the_server_missed(fake_page):
@@ -655,7 +668,8 @@ def test_a_resume_that_finds_the_session_ended_shows_its_end_and_what_was_not_se
     assert not page.page_errors
 
 
-def test_a_ready_after_the_start_timed_out_is_stopped_not_shown(launch, static_url):
+def clocked_fake_page(launch, static_url):
+    """The page with the scripted Socket.IO and Playwright's clock (timers run on demand)."""
     browser = launch()
     page = browser.new_page()
     page.clock.install()
@@ -665,6 +679,11 @@ def test_a_ready_after_the_start_timed_out_is_stopped_not_shown(launch, static_u
     )
     page.goto(f"{static_url}/static/index.html")
     page.wait_for_function("window.__fake && window.__fake.fire && window.livescribe")
+    return page
+
+
+def test_a_ready_after_the_start_timed_out_is_stopped_not_shown(launch, static_url):
+    page = clocked_fake_page(launch, static_url)
     fire(page, "connect")
     fire(page, "server_info", server_info(LOCAL_TINY_EN, CLOUD_ON))
     page.click("#start-btn")
@@ -1026,9 +1045,7 @@ RESUMED = {**READY, "language": "en", "task": "transcribe", "resume_token": "tok
 def test_a_resume_into_an_ended_session_does_not_say_it_goes_on(fake_page):
     page = fake_page()
     start_resumable_session(page)
-    fire(page, "disconnect", "transport close")
-    before = sent_frames(page)
-    fire(page, "connect")
+    before = drop_and_come_back(page)
     fire(page, "resumed", {**RESUMED, "state": "stopped", "received": before, "next_segment_id": 0})
     fire(page, "stopped", {"session_id": "s1", "duration": before / 16000, "transcript": "", "analysis": {}})
     page.wait_for_function("window.livescribe.state === 'idle'")
@@ -1038,21 +1055,8 @@ def test_a_resume_into_an_ended_session_does_not_say_it_goes_on(fake_page):
 
 
 def test_giving_a_session_up_takes_back_the_promise_that_it_goes_on(launch, static_url):
-    browser = launch()
-    page = browser.new_page()
-    page.clock.install()
-    page.route(
-        "**/static/vendor/socket.io.min.js",
-        lambda route: route.fulfill(body=FAKE_SOCKET_IO_JS, content_type="text/javascript"),
-    )
-    page.goto(f"{static_url}/static/index.html")
-    page.wait_for_function("window.__fake && window.__fake.fire && window.livescribe")
-    fire(page, "connect")
-    fire(page, "server_info", {**server_info(LOCAL_TINY_EN, CLOUD_ON), "resume_grace": 30})
-    page.click("#start-btn")
-    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
-    fire(page, "ready", RESUMED)
-    page.wait_for_function("window.livescribe.state === 'running'")
+    page = clocked_fake_page(launch, static_url)
+    start_resumable_session(page, audio_chunks=0)
     fire(page, "disconnect", "transport close")
     assert "The session goes on" in page.inner_text(".alert[data-key=connection]")
     page.clock.run_for(71_000)  # 2 * grace + 10 s: the client gives the session up
@@ -1067,9 +1071,7 @@ def test_giving_a_session_up_takes_back_the_promise_that_it_goes_on(launch, stat
 def test_a_resume_into_a_stopping_session_sends_no_more_audio(fake_page):
     page = fake_page()
     start_resumable_session(page)
-    fire(page, "disconnect", "transport close")
-    before = sent_frames(page)
-    fire(page, "connect")
+    before = drop_and_come_back(page)
     mark = len(emitted(page))
     # The grace ran out a moment ago: the server is finishing the session (state stopping,
     # its `stopped` follows once the last finals are out). It takes no audio: `audio` from
@@ -1211,9 +1213,7 @@ def test_refused_audio_does_not_make_a_second_resume_send_audio_twice(launch, tm
 def test_the_reconnected_alert_goes_with_its_session(fake_page):
     page = fake_page()
     start_resumable_session(page)
-    fire(page, "disconnect", "transport close")
-    before = sent_frames(page)
-    fire(page, "connect")
+    before = drop_and_come_back(page)
     fire(page, "resumed", {**RESUMED, "state": "running", "received": before, "next_segment_id": 0})
     page.click("#stop-btn")
     page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'stop')")
@@ -1253,9 +1253,7 @@ def test_resume_two_drops_before_resumed(fake_page):
     page = fake_page()
     start_resumable_session(page)
     fire(page, "final", {"session_id": "s1", "segment_id": 0, "text": "Hello.", "start": 0.0, "end": 1.0, "seq": 4})
-    fire(page, "disconnect", "transport close")
-    before = sent_frames(page)
-    fire(page, "connect")
+    before = drop_and_come_back(page)
     fire(page, "disconnect", "ping timeout")
     page.wait_for_timeout(300)
     page.click("#mute-btn")  # muted while away: nothing kept meanwhile
@@ -1279,21 +1277,8 @@ def test_resume_two_drops_before_resumed(fake_page):
 
 
 def test_resume_give_up_timer_cleared_by_resume(launch, static_url):
-    browser = launch()
-    page = browser.new_page()
-    page.clock.install()
-    page.route(
-        "**/static/vendor/socket.io.min.js",
-        lambda route: route.fulfill(body=FAKE_SOCKET_IO_JS, content_type="text/javascript"),
-    )
-    page.goto(f"{static_url}/static/index.html")
-    page.wait_for_function("window.__fake && window.__fake.fire && window.livescribe")
-    fire(page, "connect")
-    fire(page, "server_info", {**server_info(LOCAL_TINY_EN, CLOUD_ON), "resume_grace": 30})
-    page.click("#start-btn")
-    page.wait_for_function("window.__fake.emitted.some(e => e[0] === 'start')")
-    fire(page, "ready", RESUMED)
-    page.wait_for_function("window.livescribe.state === 'running'")
+    page = clocked_fake_page(launch, static_url)
+    start_resumable_session(page, audio_chunks=0)
     fire(page, "disconnect", "transport close")
     page.clock.run_for(5_000)
     fire(page, "connect")
