@@ -40,7 +40,7 @@ def parse_room(value: object) -> str:
 class ResumeRequest:
     session_id: str
     token: str
-    after: int  # the last segment_id the client has (-1: none)
+    after: int  # the `seq` of the last event of the session the client has (-1: none)
 
 
 def parse_resume(data: object) -> ResumeRequest:
@@ -53,7 +53,7 @@ def parse_resume(data: object) -> ResumeRequest:
     if after is None:
         after = -1
     if isinstance(after, bool) or not isinstance(after, int) or after < -1:
-        raise InvalidRequest(f"after must be the last segment_id received (-1: none), got {after!r}")
+        raise InvalidRequest(f"after must be the seq of the last event received (-1: none), got {after!r}")
     return ResumeRequest(session_id=session_id[:64], token=token[:128], after=after)
 
 
